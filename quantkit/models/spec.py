@@ -1,0 +1,210 @@
+"""ModelSpec: the architecture facts every stage needs, parsed once from a
+Hugging Face config or from GGUF metadata.
+
+Per-layer geometry differs inside one Gemma 4 model (full layers have a wider
+head, maybe other KV-head counts, double-wide MLPs in KV-shared layers), so a
+spec holds one `LayerSpec` per decoder layer instead of global numbers.
+
+Norm convention: quantkit always stores the *effective* RMSNorm multiplier.
+Gemma 3 checkpoints keep `w` and compute `x * (1 + w)`; the HF loader adds the 1
+once (as llama.cpp's converter does), so the forward multiplies by the stored
+weight for both architectures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from quantkit.errors import BadConfig, UnsupportedModel
+
+ARCHES = ("gemma3", "gemma4")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    sliding: bool
+    head_dim: int
+    n_kv_heads: int
+    ffn_dim: int  # dense MLP intermediate size (doubled in Gemma 4 double-wide shared layers)
+    rope_theta: float
+    rope_fraction: float = 1.0  # share of head_dim rotated ("proportional" RoPE: 0.25)
+    rope_scale: float = 1.0  # linear position scaling (Gemma 3 large models' global layers)
+    kv_source: int | None = None  # KV-shared layer: index of the layer whose K/V it reuses
+    k_eq_v: bool = False  # no v_proj: V is the raw k_proj output (Gemma 4 full layers)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    arch: str  # "gemma3" | "gemma4"
+    vocab_size: int
+    hidden_size: int
+    n_heads: int
+    layers: tuple[LayerSpec, ...]
+    rms_eps: float = 1e-6
+    sliding_window: int = 512
+    attn_scale: float = 1.0  # Gemma 4: 1.0; Gemma 3: query_pre_attn_scalar ** -0.5
+    final_logit_softcap: float | None = None
+    context_length: int = 131072
+    ple_dim: int = 0  # hidden_size_per_layer_input; 0 = no Per-Layer Embeddings
+    ple_vocab: int = 0
+    n_experts: int = 0
+    top_k: int = 0
+    expert_ffn_dim: int = 0
+    bos_token_id: int = 2
+    eos_token_id: int = 1
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def moe(self) -> bool:
+        return self.n_experts > 0
+
+    def kv_shared(self, i: int) -> bool:
+        return self.layers[i].kv_source is not None
+
+
+def _require(cfg: dict, key: str, where: str):
+    if key not in cfg or cfg[key] is None:
+        raise BadConfig(f"{where}: missing required key {key!r}")
+    return cfg[key]
+
+
+def text_config_of(config: dict, where: str = "config.json") -> tuple[str, dict]:
+    """Return (arch, text config dict) for a HF config.json of a supported Gemma."""
+    archs = config.get("architectures") or []
+    model_type = config.get("model_type", "")
+    if "text_config" in config and (model_type in ("gemma4", "gemma3") or any("ConditionalGeneration" in a for a in archs)):
+        text = dict(config["text_config"])
+        model_type = text.get("model_type", model_type)
+    else:
+        text = config
+    if model_type.startswith("gemma4"):
+        return "gemma4", text
+    if model_type.startswith("gemma3"):
+        return "gemma3", text
+    raise UnsupportedModel(
+        f"{where}: model_type {model_type!r} (architectures {archs}) is not supported; "
+        "expected a Gemma 3 or Gemma 4 text model"
+    )
+
+
+def kv_sources(layer_types: list[str], n_shared: int) -> list[int | None]:
+    """KV sharing (transformers `kv_sharing_modes`): layers i >= L - S reuse the K/V
+    of the *last* non-shared layer of the same attention type."""
+    n = len(layer_types)
+    first = n - n_shared
+    out: list[int | None] = [None] * n
+    for i in range(first, n):
+        src = [j for j in range(first) if layer_types[j] == layer_types[i]]
+        if not src:
+            raise BadConfig(f"layer {i} ({layer_types[i]}) is KV-shared but no earlier layer of that type exists")
+        out[i] = src[-1]
+    return out
+
+
+def spec_from_hf_config(config: dict, where: str = "config.json") -> ModelSpec:
+    arch, t = text_config_of(config, where)
+    get = lambda k: _require(t, k, where)  # noqa: E731
+    n_layers = int(get("num_hidden_layers"))
+    hidden = int(get("hidden_size"))
+    n_heads = int(get("num_attention_heads"))
+    head_dim = int(t.get("head_dim") or hidden // n_heads)
+    n_kv = int(t.get("num_key_value_heads") or n_heads)
+    ffn = int(get("intermediate_size"))
+    eps = float(t.get("rms_norm_eps", 1e-6))
+    window = int(t.get("sliding_window") or 4096)
+    layer_types = list(t.get("layer_types") or [])
+    if arch == "gemma3":
+        if not layer_types:
+            pattern = int(t.get("sliding_window_pattern", 6))
+            layer_types = ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n_layers)]
+        if len(layer_types) != n_layers:
+            raise BadConfig(f"{where}: layer_types has {len(layer_types)} entries, num_hidden_layers is {n_layers}")
+        rope = t.get("rope_parameters") or {}
+        full_rope = rope.get("full_attention", rope) if isinstance(rope, dict) else {}
+        slide_rope = rope.get("sliding_attention", {}) if isinstance(rope, dict) else {}
+        theta_full = float(full_rope.get("rope_theta", t.get("rope_theta", 1e6)))
+        theta_slide = float(slide_rope.get("rope_theta", t.get("rope_local_base_freq", 1e4)))
+        scaling = t.get("rope_scaling") or (full_rope if full_rope.get("rope_type") == "linear" else None)
+        full_scale = float(scaling.get("factor", 1.0)) if scaling and scaling.get("rope_type", "linear") == "linear" else 1.0
+        layers = tuple(
+            LayerSpec(
+                sliding=lt == "sliding_attention",
+                head_dim=head_dim,
+                n_kv_heads=n_kv,
+                ffn_dim=ffn,
+                rope_theta=theta_slide if lt == "sliding_attention" else theta_full,
+                rope_scale=1.0 if lt == "sliding_attention" else full_scale,
+            )
+            for lt in layer_types
+        )
+        qpas = float(t.get("query_pre_attn_scalar") or head_dim)
+        if t.get("attn_logit_softcapping"):
+            raise UnsupportedModel(f"{where}: attn_logit_softcapping is not supported")
+        return ModelSpec(
+            arch=arch, vocab_size=int(get("vocab_size")), hidden_size=hidden, n_heads=n_heads, layers=layers,
+            rms_eps=eps, sliding_window=window, attn_scale=qpas**-0.5,
+            final_logit_softcap=t.get("final_logit_softcapping"),
+            context_length=int(t.get("max_position_embeddings", 32768)),
+            bos_token_id=int(t.get("bos_token_id", 2) or 2), eos_token_id=_first(t.get("eos_token_id", 1)),
+        )
+
+    # Gemma 4 (configuration_gemma4.py __post_init__ / per_layer_config / kv_sharing_modes)
+    if not layer_types:
+        layer_types = ["sliding_attention" if (i + 1) % 6 else "full_attention" for i in range(n_layers)]
+    if len(layer_types) != n_layers:
+        raise BadConfig(f"{where}: layer_types has {len(layer_types)} entries, num_hidden_layers is {n_layers}")
+    layer_types[-1] = "full_attention"  # transformers forces the last layer to full attention
+    k_eq_v = bool(t.get("attention_k_eq_v", False))
+    overrides = {int(k): v for k, v in (t.get("per_layer_config") or {}).items()}
+    if not overrides:
+        g_hd = int(t.get("global_head_dim") or 512)
+        g_kv = t.get("num_global_key_value_heads")
+        o = {"head_dim": g_hd}
+        if k_eq_v and g_kv is not None:
+            o["num_key_value_heads"] = int(g_kv)
+        overrides = {i: o for i, lt in enumerate(layer_types) if lt == "full_attention"}
+    rope = t.get("rope_parameters") or {}
+    r_slide = rope.get("sliding_attention", {"rope_theta": 1e4})
+    r_full = rope.get("full_attention", {"rope_theta": 1e6, "partial_rotary_factor": 0.25, "rope_type": "proportional"})
+    n_shared = int(t.get("num_kv_shared_layers") or 0)
+    sources = kv_sources(layer_types, n_shared)
+    double = bool(t.get("use_double_wide_mlp", False))
+    layers = []
+    for i, lt in enumerate(layer_types):
+        o = overrides.get(i, {})
+        sliding = lt == "sliding_attention"
+        r = r_slide if sliding else r_full
+        frac = float(r.get("partial_rotary_factor", 1.0)) if r.get("rope_type", "default") == "proportional" else 1.0
+        layers.append(
+            LayerSpec(
+                sliding=sliding,
+                head_dim=int(o.get("head_dim", head_dim)),
+                n_kv_heads=int(o.get("num_key_value_heads", n_kv)),
+                ffn_dim=ffn * (2 if double and sources[i] is not None else 1),
+                rope_theta=float(r.get("rope_theta", 1e4 if sliding else 1e6)),
+                rope_fraction=frac,
+                kv_source=sources[i],
+                k_eq_v=k_eq_v and not sliding,
+            )
+        )
+    ple = int(t.get("hidden_size_per_layer_input") or 0)
+    moe = bool(t.get("enable_moe_block", False))
+    return ModelSpec(
+        arch=arch, vocab_size=int(get("vocab_size")), hidden_size=hidden, n_heads=n_heads, layers=tuple(layers),
+        rms_eps=eps, sliding_window=window, attn_scale=1.0,
+        final_logit_softcap=t.get("final_logit_softcapping"),
+        context_length=int(t.get("max_position_embeddings", 131072)),
+        ple_dim=ple, ple_vocab=int(t.get("vocab_size_per_layer_input") or 0) if ple else 0,
+        n_experts=int(t.get("num_experts") or 0) if moe else 0,
+        top_k=int(t.get("top_k_experts") or 0) if moe else 0,
+        expert_ffn_dim=int(t.get("moe_intermediate_size") or 0) if moe else 0,
+        bos_token_id=int(t.get("bos_token_id", 2) or 2), eos_token_id=_first(t.get("eos_token_id", 1)),
+    )
+
+
+def _first(v) -> int:
+    return int(v[0] if isinstance(v, (list, tuple)) else v)
