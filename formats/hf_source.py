@@ -1,0 +1,128 @@
+"""A Hugging Face checkpoint directory as a TensorSource.
+
+Accepts `Gemma4ForConditionalGeneration` (the multimodal release: `text_config`,
+text tensors under `model.language_model.*`, vision/audio towers skipped),
+`Gemma4ForCausalLM` and `Gemma3ForCausalLM`; one `model.safetensors` or shards
+listed in `model.safetensors.index.json`; bf16, fp16 or fp32. Tensors are read
+lazily through safetensors' mmap, one at a time.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from quantkit.calibration.tokenizer import TextTokenizer, from_tokenizer_json
+from quantkit.errors import BadConfig, BadFile
+from quantkit.formats import names
+from quantkit.formats.source import TensorInfo, TensorSource
+from quantkit.models.spec import ModelSpec, spec_from_hf_config
+
+TEXT_PREFIXES = ("model.language_model.", "model.")
+SKIPPED_PREFIXES = ("model.vision_tower.", "model.audio_tower.", "model.embed_vision.", "model.embed_audio.", "lm_head.")
+DTYPES = {"BF16": 2, "F16": 2, "F32": 4}
+
+
+def read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise BadFile(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise BadFile(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from e
+
+
+def shard_map(directory: Path) -> dict[str, Path]:
+    """File tensor name -> shard path, from the index or the single file."""
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        wm = read_json(index).get("weight_map")
+        if not isinstance(wm, dict) or not wm:
+            raise BadFile(f"{index}: 'weight_map' is missing or empty")
+        out = {}
+        for name, shard in wm.items():
+            p = directory / str(shard)
+            if not p.is_file():
+                raise BadFile(f"{index}: tensor {name!r} is in shard {shard!r}, which does not exist")
+            out[name] = p
+        return out
+    single = directory / "model.safetensors"
+    if not single.is_file():
+        raise BadFile(f"{directory}: neither model.safetensors nor model.safetensors.index.json found")
+    return {name: single for name in _open(single).keys()}
+
+
+def _open(path: Path):
+    try:
+        return safe_open(str(path), framework="pt")
+    except Exception as e:  # safetensors raises SafetensorError / OSError
+        raise BadFile(f"{path}: not a readable safetensors file ({e})") from e
+
+
+class HFSource(TensorSource):
+    def __init__(self, directory: Path):
+        self.path = Path(directory)
+        self.config = read_json(self.path / "config.json")
+        self.spec: ModelSpec = spec_from_hf_config(self.config, str(self.path / "config.json"))
+        self._handles = {}
+        self._file_names = {}
+        self.infos = {}
+        self.skipped = {"towers": 0, "unused shared-layer K/V": 0}
+        for file_name, shard in shard_map(self.path).items():
+            canon = _canonical(file_name)
+            if canon is None:
+                self.skipped["towers"] += 1
+                continue
+            i = names.layer_of(canon)
+            if i is not None and i >= self.spec.n_layers:
+                raise BadConfig(f"{self.path}: tensor {file_name!r} is for layer {i}, but the config has {self.spec.n_layers} layers")
+            if i is not None and self.spec.kv_shared(i) and (".self_attn.k_" in canon or ".self_attn.v_" in canon):
+                # The released E2B/E4B files carry k_proj/v_proj/k_norm on KV-shared layers; nothing reads them.
+                self.skipped["unused shared-layer K/V"] += 1
+                continue
+            h = self._handle(shard)
+            sl = h.get_slice(file_name)
+            dtype = sl.get_dtype()
+            if dtype not in DTYPES:
+                raise BadFile(f"{shard}: tensor {file_name!r} has dtype {dtype}; expected BF16, F16 or F32")
+            shape = tuple(int(d) for d in sl.get_shape())
+            self.infos[canon] = TensorInfo(canon, shape, dtype, int(np.prod(shape)) * DTYPES[dtype], file_name)
+            self._file_names[canon] = shard
+        self.arch = self.spec.arch
+
+    def _handle(self, shard: Path):
+        if shard not in self._handles:
+            self._handles[shard] = _open(shard)
+        return self._handles[shard]
+
+    def _read(self, info: TensorInfo) -> np.ndarray:
+        t = self._handle(self._file_names[info.name]).get_tensor(info.file_name)
+        if tuple(t.shape) != info.shape:
+            raise BadFile(f"{self._file_names[info.name]}: tensor {info.file_name!r} changed while reading")
+        a = t.to(torch.float32).numpy()
+        if self.spec.arch == "gemma3" and names.is_norm(info.name):
+            a = a + np.float32(1.0)  # Gemma 3 computes x * (1 + w); store the effective multiplier
+        return a
+
+    def tokenizer(self) -> TextTokenizer:
+        path = self.path / "tokenizer.json"
+        if not path.is_file():
+            raise BadFile(f"{self.path}: tokenizer.json not found (needed to tokenize text)")
+        return from_tokenizer_json(path, self.spec.bos_token_id)
+
+
+def _canonical(file_name: str) -> str | None:
+    if file_name.startswith(SKIPPED_PREFIXES):
+        return None
+    for p in TEXT_PREFIXES:
+        if file_name.startswith(p):
+            rest = file_name[len(p):]
+            if rest.startswith(("vision_tower.", "audio_tower.", "embed_vision.", "embed_audio.")):
+                return None
+            return rest
+    return None

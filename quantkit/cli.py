@@ -1,0 +1,94 @@
+"""The `quantkit` command line. Errors are caught here, at the edge: a one-line
+message and exit status 2 for bad input, 1 for internal failures; `--debug`
+shows the traceback."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+
+import click
+
+from quantkit import __version__
+from quantkit.errors import QuantkitError
+
+TEXT_HELP = "Text: wiki (built-in held-out), c4 (built-in calibration), a text file, FILE.jsonl:FIELD, or hf:NAME[:CONFIG]:SPLIT:FIELD."
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="quantkit")
+@click.option("--debug", is_flag=True, help="Show the full traceback when something fails.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """quantkit: calibrated low-bit quantization for Gemma 4 and Gemma 3.
+
+    Loads full-precision weights, runs calibration text through its own reference
+    forward, writes GGUF (llama.cpp) and compressed-tensors safetensors builds, and
+    reports accuracy against size.
+    """
+    ctx.obj = {"debug": debug}
+
+
+@cli.command("eval")
+@click.argument("model")
+@click.option("--from", "from_path", metavar="PATH", help="Where a Gemma 4 preset's checkpoint lies, if not in the Hugging Face cache.")
+@click.option("--ref", "ref_model", metavar="MODEL", help="Reference model for KL divergence and top-1 agreement (same tokenizer).")
+@click.option("--text", default="wiki", show_default=True, metavar="SRC", help=TEXT_HELP)
+@click.option("--tokens", default=8192, show_default=True, type=click.IntRange(min=1), help="Tokens to evaluate, in 512-token chunks (llama-perplexity's convention: second half of each chunk scored).")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the forward (default: all cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table.")
+def eval_cmd(model: str, from_path: str | None, ref_model: str | None, text: str, tokens: int, threads: int | None, as_json: bool) -> None:
+    """Perplexity of MODEL on a text source, through quantkit's forward.
+
+    MODEL is a preset (gemma3-270m, e2b, e4b, 26b-a4b, 31b), a Hugging Face
+    checkpoint directory or a GGUF file. With --ref, also mean / p99 KL divergence
+    and top-1 agreement against the reference.
+    """
+    import torch
+
+    from quantkit.evaluate import evaluate
+    from quantkit.sources import open_source
+
+    if threads:
+        torch.set_num_threads(threads)
+    src = open_source(model, from_path)
+    ref = open_source(ref_model) if ref_model else None
+    report = evaluate(src, text, tokens, reference=ref, progress=sys.stderr.isatty() or not as_json)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    r = report.result
+    click.echo(f"model      {report.model}")
+    click.echo(f"text       {text}: {r.n_tokens} scored tokens ({r.n_tokens // (report.chunk // 2 - 1)} chunks of {report.chunk})")
+    click.echo(f"perplexity {r.ppl:.4f} ± {r.ppl_stderr:.4f}")
+    if r.mean_kld is not None:
+        click.echo(f"KLD        mean {r.mean_kld:.5f} ± {r.kld_stderr:.5f}, p99 {r.p99_kld:.5f}")
+        click.echo(f"top-1      {r.top1:.2f}% agreement with {report.reference}")
+    click.echo(f"time       {report.seconds:.1f} s")
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv[1:]
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2)
+    except QuantkitError as e:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # internal error: one line unless --debug
+        if debug:
+            traceback.print_exc()
+        else:
+            click.echo(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)
+        sys.exit(1)
