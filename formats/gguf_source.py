@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf.quants import dequantize
 
 from quantkit.calibration.tokenizer import GGUFVocab, TextTokenizer, from_gguf_vocab
 from quantkit.errors import BadConfig, BadFile, UnsupportedModel
 from quantkit.formats import names
 from quantkit.formats.gguf_reader import GGUFFile
+from quantkit.kernels import registry
 from quantkit.formats.source import TensorInfo, TensorSource
 from quantkit.models.spec import ARCHES, LayerSpec, ModelSpec, kv_sources
 
@@ -42,8 +42,7 @@ class GGUFSource(TensorSource):
 
     def _decode(self, file_name: str, shape: tuple[int, ...]) -> np.ndarray:
         t = self.file.tensors[file_name]
-        raw = self.file.raw(file_name).reshape(int(np.prod(shape[:-1], dtype=np.int64)), -1)
-        return np.asarray(dequantize(raw, t.ggml_type), dtype=np.float32).reshape(shape)
+        return registry.dequantize(t.ggml_type, self.file.raw(file_name), shape)
 
     def _read(self, info: TensorInfo) -> np.ndarray:
         return self._decode(info.file_name, info.shape)
