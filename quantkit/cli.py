@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from pathlib import Path
 
 import click
 
@@ -66,6 +67,30 @@ def eval_cmd(model: str, from_path: str | None, ref_model: str | None, text: str
         click.echo(f"KLD        mean {r.mean_kld:.5f} ± {r.kld_stderr:.5f}, p99 {r.p99_kld:.5f}")
         click.echo(f"top-1      {r.top1:.2f}% agreement with {report.reference}")
     click.echo(f"time       {report.seconds:.1f} s")
+
+
+@cli.command("report")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=True, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
+              help="Directory for accuracy_vs_size.png/.svg and report.md.")
+@click.option("--title", help="Chart title (default: the model names).")
+def report_cmd(run_dirs: tuple[Path, ...], out_dir: Path, title: str | None) -> None:
+    """Accuracy-vs-size charts and a markdown table from run directories.
+
+    Each RUN_DIR holds a report.json written by `quantkit compress` or a bench;
+    every build in them (quantkit's and llama.cpp's, when measured side by side)
+    is drawn on the same axes: perplexity and mean KL divergence against file size.
+    """
+    from quantkit.reports.charts import accuracy_vs_size, markdown_table
+    from quantkit.reports.results import RunReport
+
+    reports = [RunReport.load(d) for d in run_dirs]
+    paths = accuracy_vs_size(reports, out_dir / "accuracy_vs_size", title)
+    table = markdown_table(reports)
+    (out_dir / "report.md").write_text(table)
+    click.echo(table, nl=False)
+    for p in [*paths, out_dir / "report.md"]:
+        click.echo(f"wrote {p}")
 
 
 def main() -> None:

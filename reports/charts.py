@@ -1,0 +1,64 @@
+"""Accuracy-vs-size charts and markdown tables from run reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display; deterministic file output
+import matplotlib.pyplot as plt  # noqa: E402
+
+from quantkit.reports.results import BuildResult, RunReport  # noqa: E402
+
+STYLE = {"quantkit": dict(marker="o", color="tab:blue"), "llama.cpp": dict(marker="s", color="tab:orange")}
+
+
+def _points(builds: list[BuildResult], metric: str):
+    return [(b.file_bytes / 1e6, getattr(b, metric), b) for b in builds if getattr(b, metric) is not None]
+
+
+def accuracy_vs_size(reports: list[RunReport], out_stem: Path, title: str | None = None) -> list[Path]:
+    """Two panels, PPL and mean KLD against file size, every build of every report;
+    written as PNG and SVG (`out_stem`.png / .svg)."""
+    builds = [b for r in reports for b in r.builds]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, metric, label in ((axes[0], "ppl", "perplexity"), (axes[1], "mean_kld", "mean KL divergence")):
+        for tool, style in STYLE.items():
+            pts = sorted(_points([b for b in builds if b.tool == tool], metric), key=lambda p: p[0])
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle="none", label=tool, **style)
+                for x, y, b in pts:
+                    ax.annotate(b.name.replace(f"{tool} ", ""), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        refs = {r.reference_ppl for r in reports if r.reference_ppl}
+        if metric == "ppl" and refs:
+            ax.axhline(min(refs), color="gray", linestyle=":", label="reference")
+        ax.set_xlabel("file size (MB)")
+        ax.set_ylabel(label)
+        if metric == "mean_kld":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    models = sorted({r.model for r in reports})
+    fig.suptitle(title or f"accuracy vs size: {', '.join(Path(m).name for m in models)}", fontsize=10)
+    fig.tight_layout()
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in ("png", "svg"):
+        p = out_stem.with_suffix(f".{ext}")
+        fig.savefig(p, dpi=120, metadata={"Date": None} if ext == "svg" else {"Software": None})
+        paths.append(p)
+    plt.close(fig)
+    return paths
+
+
+def markdown_table(reports: list[RunReport]) -> str:
+    rows = ["| build | tool | MB | bpw | PPL | mean KLD | KLD p99 | top-1 % |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    for r in reports:
+        for b in sorted(r.builds, key=lambda b: b.file_bytes):
+            rows.append(
+                f"| {b.name} | {b.tool} | {b.file_bytes / 1e6:.1f} | {b.bpw:.3f} | {b.ppl:.4f} | "
+                f"{fmt(b.mean_kld, '.5f')} | {fmt(b.p99_kld, '.5f')} | {fmt(b.top1, '.2f')} |"
+            )
+    return "\n".join(rows) + "\n"

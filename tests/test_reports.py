@@ -1,0 +1,49 @@
+"""Run reports, charts and tables."""
+
+import pytest
+
+from quantkit.errors import BadFile
+from quantkit.reports.charts import accuracy_vs_size, markdown_table
+from quantkit.reports.results import BuildResult, RunReport
+
+
+def _report():
+    return RunReport(model="gemma-3-270m", text="wiki", n_tokens=1020, judge="llama.cpp", reference_ppl=16.9, builds=[
+        BuildResult("quantkit --bits 4", "quantkit", 240_000_000, 4.5, 17.2, 0.01, 0.05, 95.0),
+        BuildResult("llama.cpp Q4_0", "llama.cpp", 241_400_000, 4.5, 24.5, 0.37, 2.28, 71.0),
+    ])
+
+
+def test_report_round_trip(tmp_path):
+    r = _report()
+    r.save(tmp_path)
+    assert RunReport.load(tmp_path) == r
+
+
+def test_bad_report_is_clear(tmp_path):
+    with pytest.raises(BadFile, match="no report.json"):
+        RunReport.load(tmp_path)
+    (tmp_path / "report.json").write_text("{}")
+    with pytest.raises(BadFile, match="not a quantkit report"):
+        RunReport.load(tmp_path)
+
+
+def test_chart_and_table(tmp_path):
+    paths = accuracy_vs_size([_report()], tmp_path / "chart")
+    assert [p.suffix for p in paths] == [".png", ".svg"]
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[0].stat().st_size > 10_000
+    assert "<svg" in paths[1].read_text()
+    table = markdown_table([_report()])
+    assert "| quantkit --bits 4 | quantkit | 240.0 | 4.500 | 17.2000 | 0.01000 |" in table
+    assert table.index("quantkit --bits 4") < table.index("llama.cpp Q4_0")  # sorted by size
+
+
+def test_report_cli(tmp_path):
+    from click.testing import CliRunner
+
+    from quantkit.cli import cli
+
+    _report().save(tmp_path / "run")
+    res = CliRunner().invoke(cli, ["report", str(tmp_path / "run"), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "out" / "accuracy_vs_size.png").exists() and (tmp_path / "out" / "report.md").exists()
