@@ -1,0 +1,59 @@
+"""The byte-budget allocator against brute force on small instances."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from quantkit.allocate import Option, allocate
+from quantkit.errors import BadOption
+
+
+def _instance(rng, n_tensors, n_types):
+    items = {}
+    for k in range(n_tensors):
+        size = int(rng.integers(1_000, 50_000))
+        bpw = np.sort(rng.uniform(2, 9, n_types))
+        # error falls roughly like 4^-bits, scaled by a per-tensor sensitivity
+        sens = rng.uniform(0.1, 10)
+        items[f"t{k}"] = [Option(f"b{b:.2f}", int(size * b / 8), float(sens * 4.0 ** -b)) for b in bpw]
+    return items
+
+
+def _brute(items, budget):
+    best = (np.inf, None)
+    names = list(items)
+    for combo in itertools.product(*(items[n] for n in names)):
+        size = sum(o.nbytes for o in combo)
+        err = sum(o.error for o in combo)
+        if size <= budget and err < best[0]:
+            best = (err, combo)
+    return best[0]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    items = _instance(rng, 6, 4)
+    lo = sum(min(o.nbytes for o in v) for v in items.values())
+    hi = sum(max(o.nbytes for o in v) for v in items.values())
+    budget = int(lo + (hi - lo) * rng.uniform(0.2, 0.8))
+    a = allocate(items, budget)
+    assert a.nbytes <= budget
+    exact = _brute(items, budget)
+    assert a.error <= exact * 1.01 + 1e-15  # discretisation may cost at most a hair
+
+
+def test_uses_budget_within_one_percent():
+    rng = np.random.default_rng(42)
+    items = _instance(rng, 300, 6)
+    hi = sum(max(o.nbytes for o in v) for v in items.values())
+    budget = int(hi * 0.6)
+    a = allocate(items, budget)
+    assert budget * 0.99 <= a.nbytes <= budget
+
+
+def test_impossible_budget_is_a_clear_error():
+    items = {"a": [Option("Q2_K", 100, 1.0)]}
+    with pytest.raises(BadOption, match="below the smallest possible build"):
+        allocate(items, 99)
