@@ -208,3 +208,52 @@ def spec_from_hf_config(config: dict, where: str = "config.json") -> ModelSpec:
 
 def _first(v) -> int:
     return int(v[0] if isinstance(v, (list, tuple)) else v)
+
+
+def tensor_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Every text tensor a checkpoint of `spec` holds (canonical names, PyTorch
+    shapes; gemma4.md §1 "Parameter tensors"), in checkpoint order."""
+    h, v = spec.hidden_size, spec.vocab_size
+    out: dict[str, tuple[int, ...]] = {"embed_tokens.weight": (v, h)}
+    if spec.ple_dim:
+        lp = spec.n_layers * spec.ple_dim
+        out["embed_tokens_per_layer.weight"] = (spec.ple_vocab, lp)
+        out["per_layer_model_projection.weight"] = (lp, h)
+        out["per_layer_projection_norm.weight"] = (spec.ple_dim,)
+    for i, layer in enumerate(spec.layers):
+        p = f"layers.{i}."
+        q = spec.n_heads * layer.head_dim
+        kv = layer.n_kv_heads * layer.head_dim
+        out[p + "input_layernorm.weight"] = (h,)
+        out[p + "self_attn.q_proj.weight"] = (q, h)
+        out[p + "self_attn.q_norm.weight"] = (layer.head_dim,)
+        if layer.kv_source is None:
+            out[p + "self_attn.k_proj.weight"] = (kv, h)
+            out[p + "self_attn.k_norm.weight"] = (layer.head_dim,)
+            if not layer.k_eq_v:
+                out[p + "self_attn.v_proj.weight"] = (kv, h)
+        out[p + "self_attn.o_proj.weight"] = (h, q)
+        out[p + "post_attention_layernorm.weight"] = (h,)
+        out[p + "pre_feedforward_layernorm.weight"] = (h,)
+        out[p + "mlp.gate_proj.weight"] = (layer.ffn_dim, h)
+        out[p + "mlp.up_proj.weight"] = (layer.ffn_dim, h)
+        out[p + "mlp.down_proj.weight"] = (h, layer.ffn_dim)
+        out[p + "post_feedforward_layernorm.weight"] = (h,)
+        if spec.arch == "gemma4":
+            out[p + "layer_scalar"] = (1,)
+        if spec.ple_dim:
+            out[p + "per_layer_input_gate.weight"] = (spec.ple_dim, h)
+            out[p + "per_layer_projection.weight"] = (h, spec.ple_dim)
+            out[p + "post_per_layer_input_norm.weight"] = (h,)
+        if spec.moe:
+            e, f = spec.n_experts, spec.expert_ffn_dim
+            out[p + "router.proj.weight"] = (e, h)
+            out[p + "router.scale"] = (h,)
+            out[p + "router.per_expert_scale"] = (e,)
+            out[p + "experts.gate_up_proj"] = (e, 2 * f, h)
+            out[p + "experts.down_proj"] = (e, h, f)
+            out[p + "pre_feedforward_layernorm_2.weight"] = (h,)
+            out[p + "post_feedforward_layernorm_1.weight"] = (h,)
+            out[p + "post_feedforward_layernorm_2.weight"] = (h,)
+    out["norm.weight"] = (h,)
+    return out
