@@ -93,6 +93,43 @@ def report_cmd(run_dirs: tuple[Path, ...], out_dir: Path, title: str | None) -> 
         click.echo(f"wrote {p}")
 
 
+@cli.command("inspect")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON (metadata, tensors, totals, bits per weight).")
+@click.option("--all", "show_all", is_flag=True, help="List every tensor (default: the first 40 and the totals).")
+def inspect_cmd(path: Path, as_json: bool, show_all: bool) -> None:
+    """What is inside a GGUF file, a safetensors build directory or a preset.
+
+    Prints a metadata summary, a table of tensors (type, shape, bytes, bits per
+    weight), totals by tensor group (embeddings, PLE, attention, MLP, experts,
+    norms) and the whole file's bits per weight.
+    """
+    from quantkit.inspect import inspect_path
+    from quantkit.sources import PRESETS, resolve
+
+    inv = inspect_path(resolve(str(path)) if str(path) in PRESETS else path)
+    if as_json:
+        click.echo(json.dumps(inv.to_dict(), indent=2, default=str))
+        return
+    click.echo(f"{inv.path}  ({inv.format}, {inv.file_bytes:,} bytes, {len(inv.tensors)} tensors)")
+    for k, v in inv.metadata.items():
+        if not k.startswith("tokenizer.ggml.") or not isinstance(v, str) or not v.startswith("["):
+            click.echo(f"  {k} = {v}")
+    rows = inv.tensors if show_all else inv.tensors[:40]
+    click.echo(f"\n{'tensor':<48}{'type':>8}  {'shape':<22}{'bytes':>14}{'bpw':>8}")
+    for t in rows:
+        bpw = f"{8 * t.nbytes / t.n_params:.3f}" if t.n_params else "-"
+        click.echo(f"{t.name:<48}{t.type:>8}  {'x'.join(map(str, t.shape)):<22}{t.nbytes:>14,}{bpw:>8}")
+    if len(rows) < len(inv.tensors):
+        click.echo(f"... {len(inv.tensors) - len(rows)} more (--all lists them)")
+    click.echo(f"\n{'group':<12}{'params':>16}{'bytes':>16}{'bpw':>8}")
+    for g, t in inv.totals().items():
+        click.echo(f"{g:<12}{t['params']:>16,}{t['bytes']:>16,}{t['bpw'] or 0:>8.3f}")
+    tensor_bytes = sum(t.nbytes for t in inv.tensors)
+    click.echo(f"{'tensors':<12}{inv.n_params:>16,}{tensor_bytes:>16,}{8 * tensor_bytes / max(inv.n_params, 1):>8.3f}")
+    click.echo(f"{'file':<12}{'':>16}{inv.file_bytes:>16,}   (header and padding {inv.file_bytes - tensor_bytes:,} bytes)")
+
+
 def main() -> None:
     debug = "--debug" in sys.argv[1:]
     try:

@@ -1,0 +1,146 @@
+"""What is inside a build: a GGUF file or a safetensors directory (plain or
+compressed-tensors), as a plain `Inventory` for tables and JSON."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from quantkit.errors import BadFile
+from quantkit.formats import names
+
+GROUPS = ("embeddings", "ple", "attention", "mlp", "experts", "norms", "towers", "other")
+
+
+def group_of(name: str) -> str:
+    """Tensor group of a canonical (or compressed-tensors) name."""
+    base = name.split(".weight_")[0]
+    if base.startswith(("vision_tower.", "audio_tower.", "embed_vision.", "embed_audio.")):
+        return "towers"
+    if base.startswith("embed_tokens_per_layer") or "per_layer_" in base:
+        return "ple"
+    if base.startswith(("embed_tokens", "lm_head")):
+        return "embeddings"
+    if names.is_norm(base) or base.endswith(("layer_scalar", "router.scale", "per_expert_scale")) or base.startswith("rope_freqs"):
+        return "norms"
+    if ".experts." in base or ".router." in base:
+        return "experts"
+    if ".self_attn." in base:
+        return "attention"
+    if ".mlp." in base:
+        return "mlp"
+    return "other"
+
+
+@dataclass
+class TensorRow:
+    name: str  # as stored in the file
+    group: str
+    type: str
+    shape: list[int]
+    nbytes: int
+
+    @property
+    def n_params(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass
+class Inventory:
+    path: str
+    format: str
+    file_bytes: int
+    metadata: dict = field(default_factory=dict)
+    tensors: list[TensorRow] = field(default_factory=list)
+
+    def totals(self) -> dict[str, dict]:
+        out = {}
+        for g in GROUPS:
+            rows = [t for t in self.tensors if t.group == g]
+            if rows:
+                p, b = sum(t.n_params for t in rows), sum(t.nbytes for t in rows)
+                out[g] = {"params": p, "bytes": b, "bpw": 8 * b / p if p else None}
+        return out
+
+    @property
+    def n_params(self) -> int:
+        return sum(t.n_params for t in self.tensors)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["totals"] = self.totals()
+        d["n_params"] = self.n_params
+        tensor_bytes = sum(t.nbytes for t in self.tensors)
+        d["tensor_bytes"] = tensor_bytes
+        d["bpw"] = 8 * tensor_bytes / self.n_params if self.n_params else None  # llama.cpp's BPW: tensor data only
+        return d
+
+
+def _summary(value):
+    """Metadata values for display: long arrays (the vocabulary) as their length."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, list) and len(value) > 64:
+        return f"[{len(value)} items]"
+    return value
+
+
+def inspect_gguf(path: Path) -> Inventory:
+    from quantkit.formats.gguf_reader import GGUFFile
+
+    f = GGUFFile(path)
+    meta = {k: _summary(v) for k, v in f.metadata.items()}
+    rows = []
+    for t in f.tensors.values():
+        canon = names.from_gguf(t.name) or t.name
+        rows.append(TensorRow(t.name, group_of(canon), t.ggml_type.name, list(t.shape), t.nbytes))
+    inv = Inventory(str(path), "gguf", f.size, meta, rows)
+    f.close()
+    return inv
+
+
+def inspect_safetensors(directory: Path) -> Inventory:
+    import json
+
+    from safetensors import safe_open
+
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise BadFile(f"{directory}: no .safetensors files")
+    cfg_path = directory / "config.json"
+    meta = {}
+    if cfg_path.exists():
+        cfg = json.loads(cfg_path.read_text())
+        meta = {"architectures": cfg.get("architectures"), "quantization_config": cfg.get("quantization_config")}
+    rows = []
+    for p in files:
+        with safe_open(str(p), framework="pt") as h:
+            for n in h.keys():
+                sl = h.get_slice(n)
+                shape = [int(d) for d in sl.get_shape()]
+                dtype = sl.get_dtype()
+                width = {"BF16": 2, "F16": 2, "F32": 4, "I32": 4, "I64": 8, "U8": 1, "I8": 1}.get(dtype, 4)
+                canon = n
+                for prefix in ("model.language_model.", "model."):
+                    if canon.startswith(prefix):
+                        canon = canon[len(prefix):]
+                        break
+                row = TensorRow(n, group_of(canon), dtype, shape, math.prod(shape) * width)
+                if n.endswith(".weight_packed"):
+                    # compressed-tensors: the logical shape is stored beside the packed words
+                    row.shape = [int(d) for d in h.get_tensor(n.replace("weight_packed", "weight_shape")).tolist()]
+                elif n.endswith((".weight_shape", ".weight_scale", ".weight_zero_point", ".weight_g_idx")):
+                    row.shape = [0]  # bookkeeping: bytes count, parameters do not
+                rows.append(row)
+    total = sum(p.stat().st_size for p in files)
+    return Inventory(str(directory), "safetensors", total, meta, rows)
+
+
+def inspect_path(path: Path) -> Inventory:
+    path = Path(path)
+    if path.is_dir():
+        return inspect_safetensors(path)
+    if not path.exists():
+        raise BadFile(f"{path}: no such file or directory")
+    return inspect_gguf(path)
