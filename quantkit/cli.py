@@ -5,6 +5,7 @@ shows the traceback."""
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -130,8 +131,14 @@ def inspect_cmd(path: Path, as_json: bool, show_all: bool) -> None:
     click.echo(f"{'file':<12}{'':>16}{inv.file_bytes:>16,}   (header and padding {inv.file_bytes - tensor_bytes:,} bytes)")
 
 
+def _terminate(signum, frame):
+    # SIGTERM unwinds like Ctrl-C, so writers remove their temporary files on the way out.
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     debug = "--debug" in sys.argv[1:]
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
