@@ -18,12 +18,12 @@ def group_of(name: str) -> str:
     base = name.split(".weight_")[0]
     if base.startswith(("vision_tower.", "audio_tower.", "embed_vision.", "embed_audio.")):
         return "towers"
+    if names.is_norm(base) or base.endswith(("layer_scalar", "router.scale", "per_expert_scale")) or base.startswith("rope_freqs"):
+        return "norms"
     if base.startswith("embed_tokens_per_layer") or "per_layer_" in base:
         return "ple"
     if base.startswith(("embed_tokens", "lm_head")):
         return "embeddings"
-    if names.is_norm(base) or base.endswith(("layer_scalar", "router.scale", "per_expert_scale")) or base.startswith("rope_freqs"):
-        return "norms"
     if ".experts." in base or ".router." in base:
         return "experts"
     if ".self_attn." in base:
