@@ -38,9 +38,12 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--ref", "ref_model", metavar="MODEL", help="Reference model for KL divergence and top-1 agreement (same tokenizer).")
 @click.option("--text", default="wiki", show_default=True, metavar="SRC", help=TEXT_HELP)
 @click.option("--tokens", default=8192, show_default=True, type=click.IntRange(min=1), help="Tokens to evaluate, in 512-token chunks (llama-perplexity's convention: second half of each chunk scored).")
+@click.option("--judge", type=click.Choice(["quantkit", "llama.cpp"]), default="quantkit", show_default=True,
+              help="Whose forward computes the logits: quantkit's reference forward, or llama.cpp (needs llama-cpp-python; GGUF files only, other models run in quantkit).")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the forward (default: all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table.")
-def eval_cmd(model: str, from_path: str | None, ref_model: str | None, text: str, tokens: int, threads: int | None, as_json: bool) -> None:
+def eval_cmd(model: str, from_path: str | None, ref_model: str | None, text: str, tokens: int, judge: str,
+             threads: int | None, as_json: bool) -> None:
     """Perplexity of MODEL on a text source, through quantkit's forward.
 
     MODEL is a preset (gemma3-270m, e2b, e4b, 26b-a4b, 31b), a Hugging Face
@@ -56,12 +59,13 @@ def eval_cmd(model: str, from_path: str | None, ref_model: str | None, text: str
         torch.set_num_threads(threads)
     src = open_source(model, from_path)
     ref = open_source(ref_model) if ref_model else None
-    report = evaluate(src, text, tokens, reference=ref, progress=sys.stderr.isatty() or not as_json)
+    report = evaluate(src, text, tokens, reference=ref, judge=judge, threads=threads,
+                      progress=sys.stderr.isatty() or not as_json)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return
     r = report.result
-    click.echo(f"model      {report.model}")
+    click.echo(f"model      {report.model}  (judge: {report.judge})")
     click.echo(f"text       {text}: {r.n_tokens} scored tokens ({r.n_tokens // (report.chunk // 2 - 1)} chunks of {report.chunk})")
     click.echo(f"perplexity {r.ppl:.4f} ± {r.ppl_stderr:.4f}")
     if r.mean_kld is not None:

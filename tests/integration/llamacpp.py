@@ -1,5 +1,4 @@
-"""llama.cpp (through llama-cpp-python) as the neutral judge: logits for whole
-chunks, each decoded from an empty cache, and the F32 base of a GGUF."""
+"""Test helpers around llama.cpp: its judge (quantkit.judge) and the F32 base of a GGUF."""
 
 from __future__ import annotations
 
@@ -10,24 +9,7 @@ import numpy as np
 from gguf import GGUFReader, GGUFWriter, GGMLQuantizationType
 from gguf.quants import dequantize
 
-
-class Judge:
-    def __init__(self, path: Path, n_ctx: int = 512, threads: int | None = None):
-        import llama_cpp  # test dependency; import failure fails the test
-
-        self.llm = llama_cpp.Llama(
-            str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
-            n_threads=threads or os.cpu_count(), verbose=False,
-        )
-
-    def tokenize(self, text: str, bos: bool = True) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=bos, special=False)
-
-    def logits(self, ids) -> np.ndarray:
-        """[T, V] float32 logits for one chunk decoded from an empty cache."""
-        self.llm.reset()
-        self.llm.eval([int(t) for t in ids])
-        return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
+from quantkit.judge import Judge  # noqa: F401  (re-exported for the tests)
 
 
 def write_f32_base(src: Path, dst: Path) -> Path:
