@@ -119,12 +119,18 @@ class GGUFFile:
         if n_kv * 12 + n_tensors * 28 > self.size:
             raise BadFile(f"{self.path}: header claims {n_tensors} tensors and {n_kv} metadata keys, more than the file can hold")
         self.metadata: dict = {}
+        self.value_types: dict[str, tuple[int, int | None]] = {}  # key -> (value type, array item type)
         for _ in range(n_kv):
             key = self._string("metadata key")
             vtype = self._scalar(4, f"type of {key!r}")
             if key in self.metadata:
                 raise BadFile(f"{self.path}: metadata key {key!r} appears twice")
+            itype = None
+            if vtype == ARRAY:
+                self._need(4, f"item type of {key!r}")
+                itype = struct.unpack_from("<I", self._mm, self._pos)[0]
             self.metadata[key] = self._value(vtype, key)
+            self.value_types[key] = (vtype, itype)
         alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
         if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
             raise BadFile(f"{self.path}: general.alignment is {alignment!r}; expected a power of two")

@@ -36,3 +36,52 @@ def write_f32_base(src: Path, dst: Path) -> Path:
     w.close()
     os.replace(str(dst) + ".partial", dst)
     return dst
+
+
+LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
+_SDIST_ROOT = "llama_cpp_python-0.3.36/vendor/llama.cpp/"
+_CONVERTER_PARTS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+
+
+def llama_cpp_source() -> Path:
+    """llama.cpp's converter (convert_hf_to_gguf.py, conversion/, gguf-py/) from the llama-cpp-python
+    source package, downloaded with pip and extracted once into the quantkit cache."""
+    import subprocess
+    import sys
+    import tarfile
+    import tempfile
+
+    from quantkit.cache import cache_dir
+
+    root = cache_dir("llama.cpp-src")
+    src = root / _SDIST_ROOT
+    if (src / "convert_hf_to_gguf.py").is_file():
+        return src
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "-q", "-d", tmp, LLAMA_CPP_PYTHON]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        sdists = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+        if r.returncode != 0 or not sdists:
+            raise RuntimeError(f"`{' '.join(cmd[2:])}` failed: {(r.stderr or r.stdout)[-2000:]}")
+        wanted = tuple(_SDIST_ROOT + p for p in _CONVERTER_PARTS)
+        with tarfile.open(sdists[0]) as tf:
+            members = [m for m in tf.getmembers() if m.name.startswith(wanted)]
+            tf.extractall(Path(tmp) / "x", members=members, filter="data")
+        top = _SDIST_ROOT.split("/")[0]
+        if not (root / top).exists():
+            os.replace(Path(tmp) / "x" / top, root / top)
+    return src
+
+
+def convert_hf(hf_dir: Path, out: Path, outtype: str = "f32") -> Path:
+    """Run llama.cpp's own convert_hf_to_gguf.py (with its bundled gguf-py) on a Hugging Face directory."""
+    import subprocess
+    import sys
+
+    src = llama_cpp_source()
+    env = dict(os.environ, PYTHONPATH=str(src / "gguf-py"))
+    cmd = [sys.executable, str(src / "convert_hf_to_gguf.py"), str(hf_dir), "--outtype", outtype, "--outfile", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise RuntimeError(f"convert_hf_to_gguf.py failed on {hf_dir}:\n{r.stderr[-4000:]}")
+    return out

@@ -1,0 +1,345 @@
+"""Gemma 3 / Gemma 4 GGUF files as llama.cpp reads them, from any TensorSource.
+
+    plan = plan_gguf(source, types)                 # what would be written: names, shapes, types, bytes
+    write_gguf(source, "out.gguf", types, importance, provenance)
+
+From a Hugging Face directory the file matches what llama.cpp's converter
+(`convert_hf_to_gguf.py`, conversion/gemma.py Gemma3Model / Gemma4Model) writes:
+the same metadata keys and values, tensor names, F32 for the tensors it always
+keeps in F32, the generated `rope_freqs` for Gemma 4's proportional RoPE, the
+`embed_tokens` rows trimmed to the tokenizer's size, and the tokenizer (formats.gguf_vocab).
+Gemma 3 directories get the same tokenizer.json-based "gemma4" BPE vocabulary (the
+converter would read tokenizer.model with sentencepiece instead); the rest is Gemma3Model's.
+From a GGUF file it behaves like llama-quantize: every metadata key (tokenizer
+included) and `rope_freqs` are carried over, and only the tensor types,
+`general.file_type` and the provenance keys change.
+
+`types` maps canonical tensor names to ggml type names; tensors it does not name
+are written as F32. Where a type's block does not divide the row length,
+llama.cpp's fallback type is used (registry.fallback_type).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+from gguf.constants import GGUFValueType, LlamaFileType
+
+import quantkit
+from quantkit.errors import BadInput, UnsupportedModel
+from quantkit.formats import gguf_vocab, gguf_writer, names
+from quantkit.formats.gguf_source import GGUFSource
+from quantkit.formats.gguf_writer import TensorEntry, Value, array, f32, string, u32
+from quantkit.formats.source import TensorSource
+from quantkit.kernels import registry
+from quantkit.models.spec import ModelSpec
+
+ROPE_FREQS = "rope_freqs.weight"
+QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION
+PROVENANCE_KEYS = ("recipe", "calibration", "imatrix")
+# dominant tensor type -> general.file_type (llama_ftype), K-quants as their _M preset
+_FILE_TYPE = {
+    "F32": "ALL_F32", "F16": "MOSTLY_F16", "BF16": "MOSTLY_BF16", "Q8_0": "MOSTLY_Q8_0",
+    "Q4_0": "MOSTLY_Q4_0", "Q4_1": "MOSTLY_Q4_1", "Q5_0": "MOSTLY_Q5_0", "Q5_1": "MOSTLY_Q5_1",
+    "Q2_K": "MOSTLY_Q2_K", "Q3_K": "MOSTLY_Q3_K_M", "Q4_K": "MOSTLY_Q4_K_M", "Q5_K": "MOSTLY_Q5_K_M",
+    "Q6_K": "MOSTLY_Q6_K", "IQ2_XXS": "MOSTLY_IQ2_XXS", "IQ2_XS": "MOSTLY_IQ2_XS", "IQ3_XXS": "MOSTLY_IQ3_XXS",
+    "IQ4_NL": "MOSTLY_IQ4_NL", "IQ4_XS": "MOSTLY_IQ4_XS",
+}
+_FLOATS = ("F32", "F16", "BF16")
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    canonical: str | None  # None for tensors derived here (rope_freqs)
+    entry: TensorEntry
+    requested: str  # the type asked for (entry.type_name may be llama.cpp's fallback)
+
+    @property
+    def nbytes(self) -> int:
+        return self.entry.nbytes
+
+
+def always_f32(gguf_name: str, shape: tuple[int, ...]) -> bool:
+    """Tensors llama.cpp's converter always writes as F32 (conversion/base.py prepare_tensors):
+    1-D tensors, `*_norm.weight`, the MoE router `ffn_gate_inp.weight`, and names not ending
+    `.weight` (the `.scale` tensors)."""
+    return (
+        len(shape) <= 1
+        or gguf_name.endswith("_norm.weight")
+        or re.fullmatch(r"blk\.\d+\.ffn_gate_inp\.weight", gguf_name) is not None
+        or not gguf_name.endswith(".weight")
+    )
+
+
+def _is_hf(source: TensorSource) -> bool:
+    return not isinstance(source, GGUFSource)
+
+
+def _embed_rows(source: TensorSource) -> int | None:
+    """Rows of embed_tokens after the converter's OOV trim (Hugging Face sources only)."""
+    if not _is_hf(source) or "embed_tokens.weight" not in source.infos:
+        return None
+    rows = source.infos["embed_tokens.weight"].shape[0]
+    n = gguf_vocab.vocab_size(source.path)
+    return n if n < rows else None
+
+
+def plan_gguf(source: TensorSource, types: Mapping[str, str] | None = None) -> list[PlannedTensor]:
+    types = dict(types or {})
+    unknown = sorted(set(types) - set(source.infos))
+    if unknown:
+        raise BadInput(f"the type plan names tensors the model does not have: {', '.join(unknown[:5])}")
+    out: list[PlannedTensor] = []
+    rope = _rope_freqs(source)
+    if rope is not None:
+        out.append(PlannedTensor(None, TensorEntry(ROPE_FREQS, rope.shape, "F32"), "F32"))
+    trim = _embed_rows(source)
+    for canon, info in source.infos.items():
+        gname = names.to_gguf(canon)
+        if gname is None:
+            raise UnsupportedModel(f"{source.path}: tensor {info.file_name!r} has no llama.cpp GGUF name")
+        shape = tuple(info.shape)
+        if canon == "embed_tokens.weight" and trim is not None:
+            shape = (trim, *shape[1:])
+        want = registry.get(types.get(canon, "F32")).name
+        if always_f32(gname, shape) and want != "F32":
+            raise BadInput(f"tensor {gname}: llama.cpp keeps it in F32 (1-D, norm, router or scale); the plan asks for {want}")
+        actual = want if want in _FLOATS else registry.fallback_type(want, shape[-1])
+        out.append(PlannedTensor(canon, TensorEntry(gname, shape, actual), want))
+    return out
+
+
+def file_type(plan: list[PlannedTensor]) -> int:
+    """general.file_type: the type holding most weights among the tensors that may be quantized."""
+    counts: dict[str, int] = {}
+    for p in plan:
+        if not always_f32(p.entry.name, p.entry.shape):
+            counts[p.entry.type_name] = counts.get(p.entry.type_name, 0) + int(np.prod(p.entry.shape))
+    quant = {t: n for t, n in counts.items() if t not in _FLOATS}
+    pool = quant or counts
+    top = max(sorted(pool), key=pool.get) if pool else "F32"
+    return int(LlamaFileType[_FILE_TYPE[top]])
+
+
+def write_gguf(
+    source: TensorSource,
+    out_path: Path,
+    types: Mapping[str, str] | None = None,
+    importance: Mapping[str, np.ndarray] | None = None,
+    provenance: Mapping[str, str] | None = None,
+    progress: bool = True,
+    encoded: Callable[[str], np.ndarray | None] | None = None,
+) -> Path:
+    """Write `source` as a GGUF llama.cpp runs; returns the path. See the module doc.
+
+    `encoded(canonical_name)` may supply a tensor's finished ggml bytes (e.g. from GPTQ);
+    when it returns None the tensor is quantized here, with `importance` if given."""
+    plan = plan_gguf(source, types)
+    importance = dict(importance or {})
+    extra = sorted(set(importance) - set(source.infos))
+    if extra:
+        raise BadInput(f"importance given for tensors the model does not have: {', '.join(extra[:5])}")
+    for p in plan:  # fail before writing anything
+        if registry.get(p.entry.type_name).needs_imatrix and p.canonical not in importance and encoded is None:
+            raise BadInput(f"tensor {p.entry.name}: type {p.entry.type_name} needs importance weights (an imatrix)")
+    meta = gguf_metadata(source, plan, provenance)
+    by_name = {p.entry.name: p for p in plan}
+    rope = _rope_freqs(source)
+
+    def encode(entry: TensorEntry) -> np.ndarray:
+        p = by_name[entry.name]
+        if p.canonical is None:
+            return registry.quantize("F32", rope, name=entry.name)
+        if encoded is not None and (data := encoded(p.canonical)) is not None:
+            return data
+        a = source.get(p.canonical)
+        if a.shape != entry.shape:
+            a = a[: entry.shape[0]]  # embed_tokens: OOV rows trimmed
+        imp = None if entry.type_name in _FLOATS else importance.get(p.canonical)
+        return _quantize(entry, a, imp)
+
+    return gguf_writer.write(Path(out_path), meta, [p.entry for p in plan], encode, progress=progress)
+
+
+def _quantize(entry: TensorEntry, a: np.ndarray, imp: np.ndarray | None) -> np.ndarray:
+    if imp is not None:
+        imp = np.asarray(imp, np.float32)
+        if a.ndim == 3 and imp.ndim == 2:  # experts: one importance row per expert
+            if imp.shape != (a.shape[0], a.shape[2]):
+                raise BadInput(f"tensor {entry.name}: importance has shape {imp.shape}, expected {(a.shape[0], a.shape[2])}")
+            return np.concatenate([
+                registry.quantize(entry.type_name, a[e], importance=imp[e], name=f"{entry.name}[{e}]").reshape(-1)
+                for e in range(a.shape[0])
+            ])
+    return registry.quantize(entry.type_name, a, importance=imp, name=entry.name)
+
+
+# -- rope_freqs ---------------------------------------------------------------------------------
+
+def _rope_freqs(source: TensorSource) -> np.ndarray | None:
+    """Gemma 4's proportional RoPE as llama.cpp's NEOX rope with frequency factors
+    (Gemma4Model.generate_extra_tensors): 1.0 for the rotated pairs of a full-attention
+    head, 1e30 (no rotation) for the rest. A GGUF source's own tensor is carried over."""
+    if isinstance(source, GGUFSource):
+        t = source.file.tensors.get(ROPE_FREQS)
+        return None if t is None else registry.dequantize(t.ggml_type, source.file.raw(ROPE_FREQS), t.shape)
+    spec = source.spec
+    full = [l for l in spec.layers if not l.sliding]
+    if spec.arch != "gemma4" or not full:
+        return None
+    hd, frac = full[0].head_dim, full[0].rope_fraction
+    n_rot = int(hd * frac / 2)
+    return np.array([1.0] * n_rot + [1e30] * (hd // 2 - n_rot), dtype=np.float32)
+
+
+# -- metadata -----------------------------------------------------------------------------------
+
+def gguf_metadata(source: TensorSource, plan: list[PlannedTensor], provenance: Mapping[str, str] | None = None) -> dict[str, Value]:
+    ftype = file_type(plan)
+    if isinstance(source, GGUFSource):
+        meta = _carried_metadata(source, ftype)
+    else:
+        config = getattr(source, "config", None)
+        if config is None:
+            raise UnsupportedModel(f"{source.path}: writing GGUF needs a Hugging Face or GGUF source")
+        meta = _general_metadata(source, plan)
+        meta.update(_hf_metadata(source.spec, config, ftype))
+        meta.update(gguf_vocab.hf_tokenizer_metadata(Path(source.path)))
+    prov = dict(provenance or {})
+    bad = sorted(set(prov) - set(PROVENANCE_KEYS))
+    if bad:
+        raise BadInput(f"unknown provenance keys {bad}; expected {', '.join(PROVENANCE_KEYS)}")
+    meta["quantkit.version"] = string(quantkit.__version__)
+    for k in PROVENANCE_KEYS:
+        meta[f"quantkit.{k}"] = string(str(prov.get(k, "none")))
+    return meta
+
+
+def _carried_metadata(source: GGUFSource, ftype: int) -> dict[str, Value]:
+    """llama-quantize keeps every key and sets general.file_type / general.quantization_version."""
+    meta: dict[str, Value] = {}
+    for key, value in source.file.metadata.items():
+        if key.startswith("quantkit."):
+            continue
+        vtype, itype = source.file.value_types[key]
+        vt = GGUFValueType(vtype)
+        meta[key] = Value(vt, value, None if itype is None else GGUFValueType(itype))
+    meta["general.quantization_version"] = u32(QUANTIZATION_VERSION)
+    meta["general.file_type"] = u32(ftype)
+    return meta
+
+
+def _parameter_counts(plan: list[PlannedTensor]) -> tuple[int, int, int, int]:
+    """(total, shared, per-expert, expert count) over the written tensors, counted like
+    gguf-py's GGUFWriter.get_total_parameter_count (3-D `_exps.` tensors are per-expert)."""
+    total = shared = expert = expert_sum = n_exp = 0
+    for p in plan:
+        size = int(np.prod(p.entry.shape))
+        total += size
+        if "_exps." in p.entry.name and len(p.entry.shape) >= 3:
+            count = p.entry.shape[0]
+            expert += size // count
+            expert_sum += count
+            n_exp += 1
+        else:
+            shared += size
+    return total, shared, expert, expert_sum // n_exp if n_exp else 0
+
+
+def _general_metadata(source: TensorSource, plan: list[PlannedTensor]) -> dict[str, Value]:
+    """general.* as the converter writes them: gguf-py's Metadata heuristics over the model
+    card, config and directory name (name, basename, size label, license, sampling, ...)."""
+    import gguf
+
+    counts = _parameter_counts(plan)
+    path = Path(source.path)
+    md = gguf.Metadata.load(None, path, None, counts[0])
+    if md.name is None:
+        md.name = path.name
+    if md.size_label is None and counts[0] > 0:
+        md.size_label = gguf.size_label(*counts)
+    collector = gguf.GGUFWriter(path=None, arch=source.spec.arch)
+    collector.add_type(gguf.GGUFType.MODEL)
+    md.set_gguf_meta_model(collector)
+    out: dict[str, Value] = {}
+    for key, v in collector.kv_data[0].items():
+        if v.type == GGUFValueType.ARRAY:
+            items = list(v.value)
+            it = v.sub_type or (GGUFValueType.get_type(items[0]) if items else GGUFValueType.STRING)
+            out[key] = array(items, it) if it == GGUFValueType.STRING else Value(v.type, np.asarray(items), it)
+        else:
+            out[key] = Value(v.type, v.value)
+    return out
+
+
+def _ints(values: list[int]) -> Value:
+    return array(np.array(values, np.int32), GGUFValueType.INT32)
+
+
+def _hf_metadata(spec: ModelSpec, config: dict, ftype: int) -> dict[str, Value]:
+    """The keys convert_hf_to_gguf.py writes for gemma3 / gemma4, in its order
+    (TextModel, then Gemma3Model, then Gemma4Model .set_gguf_parameters). Values come
+    from the ModelSpec; the config only decides where the converter writes an array
+    instead of a scalar, or leaves a key out."""
+    hp = {**config, **(config.get("text_config") or {})}
+    arch = spec.arch
+    a = f"{arch}."
+    layers = spec.layers
+    full = [l for l in layers if not l.sliding]
+    swa = [l for l in layers if l.sliding]
+    n_kv = [l.n_kv_heads for l in layers]
+    ffn = [l.ffn_dim for l in layers]
+
+    m: dict[str, Value] = {
+        a + "block_count": u32(spec.n_layers),
+        a + "context_length": u32(spec.context_length),
+        a + "embedding_length": u32(spec.hidden_size),
+        a + "feed_forward_length": u32(ffn[0]),
+        a + "attention.head_count": u32(spec.n_heads),
+        a + "attention.head_count_kv": u32(n_kv[0]),
+    }
+    if arch == "gemma3" and full and full[0].rope_scale != 1.0:
+        m[a + "rope.scaling.type"] = string("linear")
+        m[a + "rope.scaling.factor"] = f32(full[0].rope_scale)
+    m[a + "rope.freq_base"] = f32(full[0].rope_theta if full else 1e6)
+    if swa:
+        m[a + "rope.freq_base_swa"] = f32(swa[0].rope_theta)
+    m[a + "attention.layer_norm_rms_epsilon"] = f32(spec.rms_eps)
+    if spec.moe:
+        m[a + "expert_count"] = u32(spec.n_experts)
+        m[a + "expert_used_count"] = u32(spec.top_k)
+    hd_full = full[0].head_dim if full else layers[0].head_dim
+    hd_swa = swa[0].head_dim if swa else hd_full
+    m[a + "attention.key_length"] = u32(hd_full if arch == "gemma4" else layers[0].head_dim)
+    m[a + "attention.value_length"] = m[a + "attention.key_length"]
+    m["general.file_type"] = u32(ftype)
+    if spec.final_logit_softcap:
+        m[a + "final_logit_softcapping"] = f32(spec.final_logit_softcap)
+    if hp.get("sliding_window_pattern", hp.get("_sliding_window_pattern")) != 1:
+        m[a + "attention.sliding_window"] = u32(spec.sliding_window)
+    if arch == "gemma4":
+        m[a + "attention.shared_kv_layers"] = u32(sum(l.kv_source is not None for l in layers))
+        m[a + "embedding_length_per_layer_input"] = u32(spec.ple_dim)
+        m[a + "attention.sliding_window_pattern"] = array(np.array([l.sliding for l in layers]), GGUFValueType.BOOL)
+        m[a + "attention.key_length_swa"] = u32(hd_swa)
+        m[a + "attention.value_length_swa"] = u32(hd_swa)
+        if spec.moe:
+            m[a + "expert_feed_forward_length"] = u32(spec.expert_ffn_dim)
+        if hp.get("use_double_wide_mlp") or len(set(ffn)) > 1:
+            m[a + "feed_forward_length"] = _ints(ffn)
+        full_kv_set = hp.get("num_global_key_value_heads") is not None or any(
+            "num_key_value_heads" in (o or {}) and i < len(layers) and not layers[i].sliding
+            for i, o in ((int(k), v) for k, v in (hp.get("per_layer_config") or {}).items())
+        )
+        if full_kv_set or len(set(n_kv)) > 1:
+            m[a + "attention.head_count_kv"] = _ints(n_kv)
+        m[a + "rope.dimension_count"] = u32(hd_full)
+        m[a + "rope.dimension_count_swa"] = u32(int(hd_swa * (swa[0].rope_fraction if swa else 1.0)))
+    elif len(set(n_kv)) > 1 or len(set(ffn)) > 1:
+        raise UnsupportedModel(f"{arch}: per-layer KV heads or FFN sizes are not supported by llama.cpp's {arch}")
+    m["general.quantization_version"] = u32(QUANTIZATION_VERSION)
+    return m
