@@ -74,6 +74,90 @@ def eval_cmd(model: str, from_path: str | None, ref_model: str | None, text: str
     click.echo(f"time       {report.seconds:.1f} s")
 
 
+def parse_size(text: str) -> int:
+    """'1.4GB', '1400MB', '1.3GiB', '1500000000' -> bytes (decimal units unless 'iB')."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgt]?i?b?)\s*", text.lower())
+    if not m:
+        raise click.BadParameter(f"{text!r}: expected a size such as 1.4GB, 1400MB or 1.3GiB")
+    unit = m.group(2).rstrip("b")
+    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}[unit]
+    return int(float(m.group(1)) * scale)
+
+
+@cli.command("compress")
+@click.argument("model")
+@click.option("--bits", type=click.Choice(["2", "3", "4", "8"]), help="Best build at the size of a uniform B-bit build (Q2_K / Q3_K / Q4_K / Q8_0).")
+@click.option("--max-size", metavar="SIZE", help="Best build whose file is at most SIZE (e.g. 1.4GB, 1400MB, 1.3GiB).")
+@click.option("--like", "like", metavar="PRESET", help="llama.cpp's own per-tensor types for a llama-quantize preset (Q2_K, Q3_K_M, Q4_0, IQ4_XS, Q4_K_M, Q8_0, ...).")
+@click.option("--type", "type_name", metavar="TYPE", help="Every quantizable tensor in one ggml type (Q8_0, Q4_K, ...; llama.cpp's fallback for rows that don't fit).")
+@click.option("--format", "fmt", type=click.Choice(["gguf"]), default="gguf", show_default=True, help="Output format.")
+@click.option("--ple-type", metavar="TYPE", help="Force the Per-Layer Embedding table's type instead of letting the budget decide.")
+@click.option("--method", type=click.Choice(["gptq", "imatrix", "rtn"]), default="gptq", show_default=True,
+              help="gptq: error feedback inside the ggml formats; imatrix: llama.cpp's importance-weighted search; rtn: llama.cpp's data-free rounding.")
+@click.option("--calib", default="c4", show_default=True, metavar="SRC", help="Calibration text. " + TEXT_HELP)
+@click.option("--calib-tokens", default=128 * 512, show_default=True, type=click.IntRange(min=512), help="Calibration tokens (in 512-token sequences).")
+@click.option("--text", default="wiki", show_default=True, metavar="SRC", help="Evaluation text for the report. " + TEXT_HELP)
+@click.option("--tokens", "eval_tokens", default=8192, show_default=True, type=click.IntRange(min=0), help="Evaluation tokens for the report; 0 skips evaluation.")
+@click.option("--judge", type=click.Choice(["quantkit", "llama.cpp"]), default="quantkit", show_default=True, help="Who evaluates the build (llama.cpp needs llama-cpp-python).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Output directory (default: out/MODEL-RECIPE).")
+@click.option("--from", "from_path", metavar="PATH", help="Where a Gemma 4 preset's checkpoint lies, if not in the Hugging Face cache.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (types and bytes per tensor group) and stop; reads headers only.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Where calibration runs.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: all cores).")
+def compress_cmd(model, bits, max_size, like, type_name, fmt, ple_type, method, calib, calib_tokens, text, eval_tokens,
+                 judge, out_dir, from_path, dry_run, device, threads) -> None:
+    """Quantize MODEL to a GGUF build that llama.cpp runs, with a report.
+
+    MODEL is a preset (gemma3-270m, e2b, e4b, 26b-a4b, 31b), a Hugging Face checkpoint
+    directory or a GGUF file. Give one of --bits, --max-size, --like or --type. The
+    output directory receives the .gguf, report.json, report.md and accuracy_vs_size
+    charts (PNG and SVG).
+    """
+    import torch
+
+    from quantkit.compress import CompressOptions, plan_summary, run, save_plan
+    from quantkit.sources import open_source
+
+    if threads:
+        torch.set_num_threads(threads)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter("--device cuda: no CUDA device is available to torch", param_hint="--device")
+    opts = CompressOptions(type_name=type_name, bits=int(bits) if bits else None, max_size=parse_size(max_size) if max_size else None,
+                           like=like, ple_type=ple_type, method=method, calib=calib, calib_tokens=calib_tokens, text=text,
+                           eval_tokens=eval_tokens, dry_run=dry_run, device=device, progress=True)
+    src = open_source(model, from_path)
+    out = out_dir or Path("out") / f"{Path(model).stem}-{(bits and f'bits{bits}') or (max_size and f'max{max_size}') or like or type_name}-{method}"
+    result = run(src, out, opts)
+    click.echo(plan_summary(result.plan))
+    if dry_run:
+        return
+    save_plan(result.plan, out / "plan.json")
+    click.echo(f"wrote {result.path} ({result.file_bytes:,} bytes) in {result.seconds['total']:.0f} s")
+    if eval_tokens:
+        from quantkit.evaluate import evaluate
+        from quantkit.reports.charts import accuracy_vs_size, markdown_table
+        from quantkit.reports.results import BuildResult, RunReport
+
+        build = open_source(str(result.path))
+        rep = evaluate(build, text, eval_tokens, reference=src, judge=judge, threads=threads)
+        r = rep.result
+        n_params = result.plan.n_params
+        run_report = RunReport(model=str(src.path), text=text, n_tokens=r.n_tokens, judge=judge, builds=[
+            BuildResult(f"quantkit {opts_label(bits, max_size, like, type_name)} {method}", "quantkit", result.file_bytes,
+                        8 * result.plan.nbytes / n_params, r.ppl, r.mean_kld, r.p99_kld, r.top1, str(result.path))])
+        run_report.save(out)
+        accuracy_vs_size([run_report], out / "accuracy_vs_size")
+        (out / "report.md").write_text(plan_summary(result.plan) + "\n\n" + markdown_table([run_report]))
+        click.echo(f"PPL {r.ppl:.4f}  mean KLD {r.mean_kld:.5f}  p99 KLD {r.p99_kld:.5f}  top-1 {r.top1:.2f}%  "
+                   f"({r.n_tokens} tokens of {text}, judge {judge}); report in {out}")
+
+
+def opts_label(bits, max_size, like, type_name) -> str:
+    return (bits and f"--bits {bits}") or (max_size and f"--max-size {max_size}") or (like and f"--like {like}") or f"--type {type_name}"
+
+
 @cli.command("report")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=True, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
