@@ -1,0 +1,126 @@
+"""Fixed-scale ggml encoders and GPTQ.
+
+Oracles: registry.dequantize (byte-exact with llama.cpp, itself checked against gguf-py) for what bytes decode to,
+and the objective ||(W - Q) X||^2 computed directly from X for the quality claims.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import pytest
+
+from quantkit import gptq
+from quantkit.calibration.capture import LinearStats
+from quantkit.kernels import fixed, group, registry
+
+
+@pytest.mark.parametrize("t", fixed.SUPPORTED)
+def test_fixed_scale_kernels_reproduce_and_repack(t):
+    rng = np.random.default_rng(1)
+    w = (rng.standard_normal((6, 512)) * 0.05).astype(np.float32)
+    w[0, :7] = 0.0  # zero runs and an all-zero block
+    w[1, :256] = 0.0
+    data = registry.quantize(t, w)
+    A, B = fixed.block_params(t, data, 512)
+    lv = fixed.levels(t)
+    dec = registry.dequantize(t, data, w.shape)
+    codes = np.zeros(w.shape, np.uint8)
+    q = np.zeros(w.shape, np.float32)
+    fixed.round_to_levels(dec, A, B, lv, fixed.uniform(t), codes, q)
+    np.testing.assert_array_equal(q, dec)  # every decoded value lies on the (A, B) grid
+    # and repacks to the same bytes (rows 0-1 hold all-zero blocks, whose codes are arbitrary)
+    np.testing.assert_array_equal(fixed.pack_levels(t, data, codes)[2:], data[2:])
+    other = rng.integers(0, len(lv), size=w.shape).astype(np.uint8)  # arbitrary codes under the same scales
+    np.testing.assert_array_equal(registry.dequantize(t, fixed.pack_levels(t, data, other), w.shape),
+                                  A * lv[other] + B)
+
+
+@cache
+def layer_data(cols=512, rows=192, n=4096, seed=0):
+    """Activation-like inputs (correlated channels, log-normal channel scales with outliers) and a weight."""
+    rng = np.random.default_rng(seed)
+    M = rng.standard_normal((cols, cols)) * 0.3 + np.eye(cols)
+    X = (rng.standard_normal((n, cols)) @ M) * np.exp(rng.standard_normal(cols))
+    X = X.astype(np.float32)
+    W = (rng.standard_normal((rows, cols)) * cols**-0.5).astype(np.float32)
+    return W, X
+
+
+def err(W, Q, X):
+    d = (Q.astype(np.float64) - W) @ X.T.astype(np.float64)
+    return float((d * d).sum())
+
+
+@pytest.mark.parametrize("t", ["Q4_K", "Q2_K", "Q4_0", "Q3_K", "Q6_K", "IQ4_XS", "Q5_1"])
+def test_gptq_decodes_exactly_and_beats_rtn_and_imatrix(t):
+    W, X = layer_data()
+    H = X.T.astype(np.float64) @ X
+    st = LinearStats("w", (X.astype(np.float64) ** 2).sum(0), X.shape[0], H)
+    r = gptq.quantize_tensor("rtn", W, t)
+    i = gptq.quantize_tensor("imatrix", W, t, st)
+    g = gptq.quantize_tensor("gptq", W, t, st)
+    ga = gptq.quantize_tensor("gptq", W, t, st, act_order=True)
+    for q in (r, i, g, ga):
+        assert q.type == t and q.data.shape == (W.shape[0], registry.get(t).row_nbytes(W.shape[1]))
+        np.testing.assert_array_equal(registry.dequantize(t, q.data, W.shape), q.values)
+    e = {k: err(W, q.values, X) for k, q in (("rtn", r), ("imatrix", i), ("gptq", g), ("gptq_act", ga))}
+    print(t, {k: f"{v:.4g}" for k, v in e.items()})
+    assert abs(gptq.output_error(W, g.values, H) - e["gptq"]) <= 1e-6 * e["gptq"]
+    assert e["gptq"] < e["imatrix"] < e["rtn"]
+    assert e["gptq_act"] < e["rtn"]
+
+
+def test_gptq_bytes_equal_internal_weights(monkeypatch):
+    """The bytes decode to exactly the values GPTQ rounded to (captured inside the column loop)."""
+    W, X = layer_data(cols=256, rows=64, n=1024, seed=3)
+    H = X.T.astype(np.float64) @ X
+    seen = {}
+    orig = gptq._gptq
+
+    def spy(*a, **k):
+        out, Q = orig(*a, **k)
+        seen["Q"] = Q
+        return out, Q
+
+    monkeypatch.setattr(gptq, "_gptq", spy)
+    q = gptq.gptq(W, "Q4_K", H, act_order=True)
+    np.testing.assert_array_equal(registry.dequantize("Q4_K", q.data, W.shape), seen["Q"])
+    assert not np.array_equal(q.values, gptq.rtn(W, "Q4_K").values)
+
+
+@pytest.mark.parametrize("bits,gs,sym", [(4, 128, True), (2, 32, False), (4, -1, True), (8, 64, False)])
+def test_gptq_group_formats(bits, gs, sym):
+    W, X = layer_data()
+    H = X.T.astype(np.float64) @ X
+    imp = (X.astype(np.float64) ** 2).mean(0)
+    plain = group.group_dequantize(group.group_quantize(W, bits, gs, sym, importance=imp))
+    gq = gptq.gptq_group(W, bits, gs, H, symmetric=sym)
+    assert gq.codes.min() >= gq.qmin and gq.codes.max() <= gq.qmax
+    assert (gq.zero_points is None) == sym
+    assert err(W, group.group_dequantize(gq), X) < err(W, plain, X)
+
+
+def test_expert_stack_uses_per_expert_statistics():
+    W, X = layer_data(cols=256, rows=32, n=1024, seed=4)
+    X2 = X * np.linspace(0.1, 3, X.shape[1], dtype=np.float32)  # expert 1 sees differently scaled inputs
+    Hs = np.stack([X.T.astype(np.float64) @ X, X2.T.astype(np.float64) @ X2])
+    s2 = np.stack([(X.astype(np.float64) ** 2).sum(0), (X2.astype(np.float64) ** 2).sum(0)])
+    st = LinearStats("experts", s2, np.array([len(X), len(X2)]), Hs)
+    stack = np.stack([W, W])
+    q = gptq.quantize_tensor("gptq", stack, "Q4_K", st)
+    assert q.values.shape == stack.shape
+    np.testing.assert_array_equal(q.values[1], gptq.gptq(W, "Q4_K", Hs[1]).values)
+    assert not np.array_equal(q.values[0], q.values[1])
+    qi = gptq.quantize_tensor("imatrix", stack, "Q4_K", st)
+    np.testing.assert_array_equal(qi.values[1], gptq.imatrix(W, "Q4_K", st.mean_x2()[1]).values)
+
+
+def test_gptq_refuses_what_it_cannot_do():
+    W, X = layer_data(cols=256, rows=8, n=256, seed=5)
+    H = X.T.astype(np.float64) @ X
+    with pytest.raises(Exception, match="fixed-scale"):
+        gptq.gptq(W, "IQ2_XXS", H)
+    with pytest.raises(Exception, match="Hessian"):
+        gptq.quantize_tensor("gptq", W, "Q4_K", LinearStats("w", np.ones(256), 1))

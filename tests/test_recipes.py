@@ -1,0 +1,119 @@
+"""llama.cpp-equivalent type plans on synthetic specs; expectations are written out by hand from llama-quant.cpp's
+rules (reference/quantization.md §1.4). The real check against llama_model_quantize is in
+tests/integration/test_recipes_llamacpp.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from quantkit.errors import BadOption
+from quantkit.formats.source import TensorInfo
+from quantkit.models.spec import LayerSpec, ModelSpec
+from quantkit.recipes import like, use_more_bits
+
+N = 16  # layers; n/8 = 2, 7n/8 = 14
+MORE_BITS = {0, 1, 4, 7, 10, 13, 14, 15}  # i < 2, i >= 14, (i - 2) % 3 == 2
+
+
+def spec_infos(hidden=512, n_kv=1, ple=256, v_in_every_layer=True):
+    layers = tuple(LayerSpec(sliding=True, head_dim=256, n_kv_heads=n_kv, ffn_dim=1024, rope_theta=1e4) for _ in range(N))
+    spec = ModelSpec(arch="gemma4", vocab_size=1024, hidden_size=hidden, n_heads=4, layers=layers, ple_dim=ple,
+                     ple_vocab=1024 if ple else 0)
+    shapes = {"embed_tokens.weight": (1024, hidden), "norm.weight": (hidden,)}
+    if ple:
+        shapes.update({"embed_tokens_per_layer.weight": (1024, N * ple),
+                       "per_layer_model_projection.weight": (N * ple, hidden),
+                       "per_layer_projection_norm.weight": (ple,)})
+    for i in range(N):
+        p = f"layers.{i}."
+        shapes.update({p + "self_attn.q_proj.weight": (1024, hidden), p + "self_attn.k_proj.weight": (256 * n_kv, hidden),
+                       p + "self_attn.o_proj.weight": (hidden, 1024), p + "mlp.gate_proj.weight": (1024, hidden),
+                       p + "mlp.up_proj.weight": (1024, hidden), p + "mlp.down_proj.weight": (hidden, 1024),
+                       p + "input_layernorm.weight": (hidden,), p + "self_attn.q_norm.weight": (256,),
+                       p + "layer_scalar": (1,)})
+        if v_in_every_layer or i % 2 == 0:
+            shapes[p + "self_attn.v_proj.weight"] = (256 * n_kv, hidden)
+        if ple:
+            shapes.update({p + "per_layer_input_gate.weight": (ple, hidden), p + "per_layer_projection.weight": (hidden, ple)})
+    infos = {n: TensorInfo(n, s, "F32" if len(s) == 1 else "BF16", 0, n) for n, s in shapes.items()}
+    return spec, infos
+
+
+def layer_types(plan, suffix):
+    return [plan[f"layers.{i}.{suffix}"] for i in range(N) if f"layers.{i}.{suffix}" in plan]
+
+
+def test_use_more_bits():
+    assert {i for i in range(N) if use_more_bits(i, N)} == MORE_BITS
+
+
+def test_q4_k_m():
+    spec, infos = spec_infos()
+    plan = like("Q4_K_M", spec, infos)
+    assert layer_types(plan, "mlp.down_proj.weight") == ["Q6_K" if i in MORE_BITS else "Q4_K" for i in range(N)]
+    assert layer_types(plan, "self_attn.v_proj.weight") == ["Q6_K" if i in MORE_BITS else "Q4_K" for i in range(N)]
+    assert set(layer_types(plan, "self_attn.q_proj.weight")) == {"Q4_K"}
+    # tied embeddings: token_embd and per_layer_token_embd take the output rule
+    assert plan["embed_tokens.weight"] == "Q6_K" and plan["embed_tokens_per_layer.weight"] == "Q6_K"
+    # never quantized: norms, 1-D, per_layer_model_proj (keep their storage type)
+    assert plan["norm.weight"] == "F32" and plan["layers.3.layer_scalar"] == "F32"
+    assert plan["per_layer_model_projection.weight"] == "BF16"
+    # PLE gate / projection are ordinary weights; the projection's 256-wide rows fit Q4_K
+    assert plan["layers.0.per_layer_input_gate.weight"] == "Q4_K" and plan["layers.0.per_layer_projection.weight"] == "Q4_K"
+
+
+def test_attn_v_counter_counts_existing_tensors():
+    """i_attention_wv counts attn_v tensors, not layers: with v in every other layer (8 tensors), n = 8."""
+    spec, infos = spec_infos(v_in_every_layer=False)
+    plan = like("Q4_K_M", spec, infos)
+    more = {i for i in range(8) if i < 1 or i >= 7 or (i - 1) % 3 == 2}  # {0, 3, 6, 7}
+    assert layer_types(plan, "self_attn.v_proj.weight") == ["Q6_K" if k in more else "Q4_K" for k in range(8)]
+
+
+def test_q3_k_m_and_q2_k():
+    spec, infos = spec_infos()
+    plan = like("Q3_K_M", spec, infos)
+    assert layer_types(plan, "self_attn.v_proj.weight") == ["Q5_K"] * 2 + ["Q4_K"] * (N - 2)
+    assert layer_types(plan, "mlp.down_proj.weight") == ["Q5_K"] + ["Q4_K"] * (N - 1)  # n/16 = 1
+    assert set(layer_types(plan, "self_attn.o_proj.weight")) == {"Q4_K"}
+    assert set(layer_types(plan, "mlp.up_proj.weight")) == {"Q3_K"}
+    plan = like("Q2_K", spec, infos)  # n_gqa = 4 heads / 1 kv head = 4
+    assert set(layer_types(plan, "self_attn.v_proj.weight")) == {"Q4_K"}
+    assert set(layer_types(plan, "mlp.down_proj.weight")) == {"Q3_K"}
+    assert set(layer_types(plan, "self_attn.o_proj.weight")) == {"Q3_K"}
+    spec2, infos2 = spec_infos(n_kv=2)  # n_gqa = 2
+    assert set(layer_types(like("Q2_K", spec2, infos2), "self_attn.v_proj.weight")) == {"Q3_K"}
+
+
+def test_low_bit_presets():
+    spec, infos = spec_infos()
+    plan = like("IQ2_XXS", spec, infos, has_imatrix=True)
+    assert plan["embed_tokens.weight"] == "Q5_K" and plan["embed_tokens_per_layer.weight"] == "Q5_K"
+    assert set(layer_types(plan, "self_attn.v_proj.weight")) == {"Q4_K"}
+    assert layer_types(plan, "mlp.down_proj.weight") == ["Q2_K"] * 2 + ["IQ2_XXS"] * (N - 2)
+    plan = like("IQ4_XS", spec, infos)
+    assert set(layer_types(plan, "self_attn.v_proj.weight")) == {"Q5_K"}
+    assert layer_types(plan, "mlp.down_proj.weight") == ["Q5_K"] * 2 + ["IQ4_XS"] * (N - 2)
+    assert set(layer_types(like("IQ4_XS", spec, infos, has_imatrix=True), "mlp.down_proj.weight")) == {"IQ4_XS"}
+    plan = like("Q4_0", spec, infos, has_imatrix=True)
+    assert layer_types(plan, "mlp.down_proj.weight") == ["Q4_1"] * 2 + ["Q4_0"] * (N - 2)
+    assert plan["embed_tokens.weight"] == "Q6_K"
+
+
+def test_fallbacks_for_rows_that_do_not_fit():
+    spec, infos = spec_infos(hidden=640, ple=0)  # 640 % 256 != 0, 640 % 32 == 0
+    plan = like("Q4_K_M", spec, infos)
+    assert plan["embed_tokens.weight"] == "Q8_0"
+    assert plan["layers.0.self_attn.q_proj.weight"] == "Q5_0"  # Q4_K -> Q5_0
+    assert plan["layers.0.self_attn.v_proj.weight"] == "Q8_0"  # Q6_K -> Q8_0
+    assert plan["layers.2.mlp.down_proj.weight"] == "Q4_K"  # 1024-wide rows keep Q4_K
+    plan = like("Q2_K", spec, infos)
+    assert plan["layers.0.mlp.up_proj.weight"] == "Q4_0" and plan["layers.0.self_attn.v_proj.weight"] == "Q5_0"
+    assert like("IQ4_XS", spec, infos)["layers.0.mlp.up_proj.weight"] == "IQ4_NL"
+    assert like("Q5_K_M", spec, infos)["layers.0.mlp.up_proj.weight"] == "Q5_1"
+
+
+def test_unknown_preset():
+    spec, infos = spec_infos()
+    with pytest.raises(BadOption):
+        like("Q7_K", spec, infos)
