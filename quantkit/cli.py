@@ -88,7 +88,7 @@ def parse_size(text: str) -> int:
 
 @cli.command("compress")
 @click.argument("model")
-@click.option("--bits", type=click.Choice(["2", "3", "4", "8"]), help="Best build at the size of a uniform B-bit build (Q2_K / Q3_K / Q4_K / Q8_0).")
+@click.option("--bits", type=click.Choice(["2", "3", "4", "8"]), help="Best build at the size of a uniform B-bit build: B + 0.5 bits per weight (one fp16 scale per 32 weights), llama.cpp's fallback type where rows don't fit a 256-block.")
 @click.option("--max-size", metavar="SIZE", help="Best build whose file is at most SIZE (e.g. 1.4GB, 1400MB, 1.3GiB).")
 @click.option("--like", "like", metavar="PRESET", help="llama.cpp's own per-tensor types for a llama-quantize preset (Q2_K, Q3_K_M, Q4_0, IQ4_XS, Q4_K_M, Q8_0, ...).")
 @click.option("--type", "type_name", metavar="TYPE", help="Every quantizable tensor in one ggml type (Q8_0, Q4_K, ...; llama.cpp's fallback for rows that don't fit).")

@@ -29,7 +29,7 @@ from quantkit.errors import BadOption
 from quantkit.formats import gguf_model, gguf_writer
 from quantkit.formats.source import TensorSource
 from quantkit.gptq import METHODS, quantize_tensor
-from quantkit.kernels import registry
+from quantkit.kernels import fixed, registry
 
 ERROR_SAMPLE_ROWS = 512
 FLOATS = ("F32", "F16", "BF16")
@@ -90,7 +90,7 @@ def make_plan(source: TensorSource, opts: CompressOptions, provenance: dict, err
         if mode == "bits":
             if opts.bits not in plans.UNIFORM_BITS:
                 raise BadOption(f"--bits {opts.bits}: expected one of {', '.join(map(str, plans.UNIFORM_BITS))}")
-            budget = plans.uniform(infos, plans.UNIFORM_BITS[opts.bits]).nbytes
+            budget = plans.bits_budget(infos, opts.bits)
             label = f"--bits {opts.bits}"
         else:
             budget = opts.max_size - header_overhead(source, provenance)
@@ -214,7 +214,9 @@ def _quantize_sequential(source, plan, ids, work, opts) -> dict[str, np.ndarray]
             # the tied head (embed_tokens) is quantized below as a lookup table with its own importance
             if n not in types or types[n] in FLOATS or n == "embed_tokens.weight":
                 continue
-            q = quantize_tensor("gptq", _weights(source, plan, n), types[n], st)
+            # IQ2/IQ3 grids have no fixed-scale encoder: those take the importance-weighted search
+            method = "gptq" if registry.get(types[n]).name in fixed.SUPPORTED else "imatrix"
+            q = quantize_tensor(method, _weights(source, plan, n), types[n], st)
             _save(work, n, q.data)
             repl[n] = q.values
         return repl

@@ -4,7 +4,7 @@ Three ways to make one:
   uniform(T)      every quantizable tensor at T (llama.cpp's fallback where rows don't fit T's block)
   like(PRESET)    llama-quantize's own per-tensor choices for PRESET (quantkit.recipes)
   budget(BYTES)   per-tensor types minimising the total estimated error under a byte budget
-                  (quantkit.allocate); `--bits B` sets the budget to the size of uniform(B-bit)
+                  (quantkit.allocate); `--bits B` sets the budget with `bits_budget`
 
 Norms, 1-D tensors, `.scale` tensors and the MoE router stay F32, as llama.cpp's
 converter writes them. A plan needs only the headers (names and shapes), so
@@ -114,6 +114,25 @@ def like(spec: ModelSpec, infos: Mapping[str, TensorInfo], preset: str, has_imat
     if missing:
         raise BadOption(f"--like {preset}: llama.cpp would use {', '.join(missing)}, which quantkit cannot encode")
     return _planned(infos, types, f"like {preset.upper()}")
+
+
+def bits_budget(infos: Mapping[str, TensorInfo], bits: int) -> int:
+    """Tensor bytes of a uniform B-bit build: B bits per weight plus one fp16 scale per
+    32 weights (B + 0.5 bpw, the size of Q4_0 / Q8_0 at 4 / 8 bits). A tensor whose rows
+    don't fit the B-bit K-quant's 256-block counts at llama.cpp's fallback type instead
+    (on Gemma 3 270M's 640-wide rows that is Q4_0 for 2 and 3 bits), and never-quantized
+    tensors at their fixed type."""
+    total = 0
+    for n, info in infos.items():
+        fixed = fixed_type(n, info.shape)
+        kquant = UNIFORM_BITS[bits]
+        if fixed:
+            total += registry.tensor_nbytes(fixed, info.shape)
+        elif info.shape[-1] % registry.get(kquant).block_size == 0:
+            total += math.prod(info.shape) * (bits + 0.5) // 8
+        else:
+            total += registry.tensor_nbytes(registry.fallback_type(kquant, info.shape[-1]), info.shape)
+    return int(total)
 
 
 def candidates(name: str, cols: int, with_data: bool) -> list[str]:
