@@ -29,7 +29,7 @@ import numpy as np
 from numba import njit, prange
 
 from .fp import GROUP_MAX_EPS, fp16_to_fp32, fp32_to_fp16, nearest_int, to_i8
-from .search import make_q3_quants, make_qkx2_quants, make_qkx3_quants, make_qp_quants, make_qx_quants
+from .search import make_q3_quants, make_qkx_quants, make_qp_quants, make_qx_quants, scratch
 
 QK_K = 256
 F0 = np.float32(0.0)
@@ -67,8 +67,8 @@ def _pack2(L, qs):
 # ----------------------------------------------------------------- Q2_K
 
 
-@njit(cache=True)
-def _q2_K_block(x, qw, use_qw, o, L, Laux, weights, mins, scales, sw, Ls, Lm):
+@njit(cache=True, error_model="numpy")
+def _q2_K_block(x, qw, use_qw, o, L, S, weights, mins, scales, sw, Ls, Lm):
     sbytes = o[0:16]
     if not use_qw:
         # quantize_row_q2_K_ref
@@ -78,8 +78,8 @@ def _q2_K_block(x, qw, use_qw, o, L, Laux, weights, mins, scales, sw, Ls, Lm):
             xs = x[16 * j:16 * j + 16]
             for l in range(16):
                 weights[l] = abs(xs[l])
-            sc, mn = make_qkx2_quants(16, 3, xs, weights, L[16 * j:16 * j + 16], Laux,
-                                      np.float32(-0.5), np.float32(0.1), 15, True)
+            sc, mn = make_qkx_quants(16, 3, xs, weights, L[16 * j:16 * j + 16],
+                                     np.float32(-0.5), np.float32(0.1), 15, True, S)
             scales[j] = sc
             mins[j] = mn
             if sc > max_scale:
@@ -120,8 +120,8 @@ def _q2_K_block(x, qw, use_qw, o, L, Laux, weights, mins, scales, sw, Ls, Lm):
             for l in range(16):
                 s += weights[l]
             sw[j] = s
-            sc, mn = make_qkx3_quants(16, 3, xs, weights, True, L[16 * j:16 * j + 16], Laux,
-                                      np.float32(-0.9), np.float32(0.05), 36, False)
+            sc, mn = make_qkx_quants(16, 3, xs, weights, L[16 * j:16 * j + 16],
+                                     np.float32(-0.9), np.float32(0.05), 36, False, S)
             scales[j] = sc
             mins[j] = mn
         dm = make_qp_quants(16, 15, scales, Ls, sw)
@@ -143,7 +143,7 @@ def _q2_K_block(x, qw, use_qw, o, L, Laux, weights, mins, scales, sw, Ls, Lm):
     _pack2(L, o[16:80])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def encode_q2_K_rows(x, qw, use_qw, out):
     rows, cols = x.shape
     nb = cols // QK_K
@@ -151,7 +151,7 @@ def encode_q2_K_rows(x, qw, use_qw, out):
     nch = min(total, 4096)
     for c in prange(nch):
         L = np.zeros(QK_K, np.uint8)
-        Laux = np.zeros(16, np.uint8)
+        S = scratch()
         weights = np.zeros(16, np.float32)
         mins = np.zeros(16, np.float32)
         scales = np.zeros(16, np.float32)
@@ -162,7 +162,7 @@ def encode_q2_K_rows(x, qw, use_qw, out):
             r = t // nb
             b = t % nb
             _q2_K_block(x[r, b * QK_K:(b + 1) * QK_K], qw[b * QK_K:(b + 1) * QK_K] if use_qw else qw,
-                        use_qw, out[r, b * 84:(b + 1) * 84], L, Laux, weights, mins, scales, sw, Ls, Lm)
+                        use_qw, out[r, b * 84:(b + 1) * 84], L, S, weights, mins, scales, sw, Ls, Lm)
 
 
 @njit(parallel=True, cache=True)
@@ -186,8 +186,8 @@ def decode_q2_K_rows(data, out):
 # ----------------------------------------------------------------- Q3_K
 
 
-@njit(cache=True)
-def _q3_K_block(x, qw, use_qw, o, Lw, weight, scales, sw, Ls, L8):
+@njit(cache=True, error_model="numpy")
+def _q3_K_block(x, qw, use_qw, o, Lw, weight, scales, sw, Ls, L8, S):
     # Lw: int8 levels; o: 110 bytes
     sb = o[96:108]
     for k in range(12):
@@ -231,8 +231,8 @@ def _q3_K_block(x, qw, use_qw, o, Lw, weight, scales, sw, Ls, L8):
             for l in range(16):
                 sumw += weight[l]
             sw[j] = sumw
-            scales[j] = make_qx_quants(16, 4, xs, Lw[16 * j:16 * j + 16], 1, weight, True)
-        d_block = make_qx_quants(16, 32, scales, Ls, 1, sw, True)
+            scales[j] = make_qx_quants(16, 4, xs, weight, Lw[16 * j:16 * j + 16], S)
+        d_block = make_qx_quants(16, 32, scales, sw, Ls, S)
         for j in range(16):
             l = np.int64(Ls[j])
             if j < 8:
@@ -273,7 +273,7 @@ def _q3_K_block(x, qw, use_qw, o, Lw, weight, scales, sw, Ls, L8):
     _pack2(L8, o[32:96])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def encode_q3_K_rows(x, qw, use_qw, out):
     rows, cols = x.shape
     nb = cols // QK_K
@@ -286,11 +286,12 @@ def encode_q3_K_rows(x, qw, use_qw, out):
         scales = np.zeros(16, np.float32)
         sw = np.zeros(16, np.float32)
         Ls = np.zeros(16, np.int8)
+        S = scratch()
         for t in range(c * total // nch, (c + 1) * total // nch):
             r = t // nb
             b = t % nb
             _q3_K_block(x[r, b * QK_K:(b + 1) * QK_K], qw[b * QK_K:(b + 1) * QK_K] if use_qw else qw,
-                        use_qw, out[r, b * 110:(b + 1) * 110], Lw, weight, scales, sw, Ls, L8)
+                        use_qw, out[r, b * 110:(b + 1) * 110], Lw, weight, scales, sw, Ls, L8, S)
 
 
 @njit(parallel=True, cache=True)
@@ -340,8 +341,8 @@ def _get_scale_min_k4(j, q):
     return d, m
 
 
-@njit(cache=True)
-def _q45_K_levels(x, qw, use_qw, nmax, ref_rmin, ref_rdelta, ref_nstep, o, L, Laux, weights, mins, scales, sw, Ls, Lm):
+@njit(cache=True, error_model="numpy")
+def _q45_K_levels(x, qw, use_qw, nmax, ref_rmin, ref_rdelta, ref_nstep, o, L, S, weights, mins, scales, sw, Ls, Lm):
     """Scales, mins and levels of one Q4_K (nmax=15) or Q5_K (nmax=31) super-block.
 
     Writes d, dmin and the 12 scale bytes into o[0:16] and the levels into L.
@@ -360,8 +361,8 @@ def _q45_K_levels(x, qw, use_qw, nmax, ref_rmin, ref_rdelta, ref_nstep, o, L, La
             av_x = np.float32(np.sqrt(sum_x2 / np.float32(32.0)))
             for l in range(32):
                 weights[l] = av_x + abs(xs[l])
-            sc, mn = make_qkx2_quants(32, nmax, xs, weights, L[32 * j:32 * j + 32], Laux,
-                                      ref_rmin, ref_rdelta, ref_nstep, False)
+            sc, mn = make_qkx_quants(32, nmax, xs, weights, L[32 * j:32 * j + 32],
+                                     ref_rmin, ref_rdelta, ref_nstep, False, S)
             scales[j] = sc
             mins[j] = mn
             if sc > max_scale:
@@ -389,8 +390,8 @@ def _q45_K_levels(x, qw, use_qw, nmax, ref_rmin, ref_rdelta, ref_nstep, o, L, La
             for l in range(32):
                 sumw += weights[l]
             sw[j] = sumw
-            sc, mn = make_qkx3_quants(32, nmax, xs, weights, True, L[32 * j:32 * j + 32], Laux,
-                                      np.float32(-0.9), np.float32(0.05), 36, False)
+            sc, mn = make_qkx_quants(32, nmax, xs, weights, L[32 * j:32 * j + 32],
+                                     np.float32(-0.9), np.float32(0.05), 36, False, S)
             scales[j] = sc
             mins[j] = mn
         d_block = make_qp_quants(8, 63, scales, Ls, sw)
@@ -412,15 +413,20 @@ def _q45_K_levels(x, qw, use_qw, nmax, ref_rmin, ref_rdelta, ref_nstep, o, L, La
             L[32 * j + ii] = max(0, min(nmax, l))
 
 
-@njit(parallel=True, cache=True)
-def encode_q4_K_rows(x, qw, use_qw, out):
+@njit(parallel=True, cache=True, error_model="numpy")
+def encode_q45_K_rows(x, qw, use_qw, out, q5):
+    """Q4_K (q5 False) and Q5_K (q5 True): one kernel, so that it compiles once."""
     rows, cols = x.shape
     nb = cols // QK_K
     total = rows * nb
     nch = min(total, 4096)
+    if q5:
+        nbytes, nmax, rmin, nstep = 176, 31, np.float32(-0.5), 15
+    else:
+        nbytes, nmax, rmin, nstep = 144, 15, np.float32(-1.0), 20
     for c in prange(nch):
         L = np.zeros(QK_K, np.uint8)
-        Laux = np.zeros(32, np.uint8)
+        S = scratch()
         weights = np.zeros(32, np.float32)
         mins = np.zeros(8, np.float32)
         scales = np.zeros(8, np.float32)
@@ -430,37 +436,15 @@ def encode_q4_K_rows(x, qw, use_qw, out):
         for t in range(c * total // nch, (c + 1) * total // nch):
             r = t // nb
             b = t % nb
-            o = out[r, b * 144:(b + 1) * 144]
+            o = out[r, b * nbytes:(b + 1) * nbytes]
             _q45_K_levels(x[r, b * QK_K:(b + 1) * QK_K], qw[b * QK_K:(b + 1) * QK_K] if use_qw else qw,
-                          use_qw, 15, np.float32(-1.0), np.float32(0.1), 20,
-                          o, L, Laux, weights, mins, scales, sw, Ls, Lm)
-            for j in range(0, QK_K, 64):
-                for l in range(32):
-                    o[16 + j // 2 + l] = np.int64(L[j + l]) | (np.int64(L[j + l + 32]) << 4)
-
-
-@njit(parallel=True, cache=True)
-def encode_q5_K_rows(x, qw, use_qw, out):
-    rows, cols = x.shape
-    nb = cols // QK_K
-    total = rows * nb
-    nch = min(total, 4096)
-    for c in prange(nch):
-        L = np.zeros(QK_K, np.uint8)
-        Laux = np.zeros(32, np.uint8)
-        weights = np.zeros(32, np.float32)
-        mins = np.zeros(8, np.float32)
-        scales = np.zeros(8, np.float32)
-        sw = np.zeros(8, np.float32)
-        Ls = np.zeros(8, np.uint8)
-        Lm = np.zeros(8, np.uint8)
-        for t in range(c * total // nch, (c + 1) * total // nch):
-            r = t // nb
-            b = t % nb
-            o = out[r, b * 176:(b + 1) * 176]
-            _q45_K_levels(x[r, b * QK_K:(b + 1) * QK_K], qw[b * QK_K:(b + 1) * QK_K] if use_qw else qw,
-                          use_qw, 31, np.float32(-0.5), np.float32(0.1), 15,
-                          o, L, Laux, weights, mins, scales, sw, Ls, Lm)
+                          use_qw, nmax, rmin, np.float32(0.1), nstep,
+                          o, L, S, weights, mins, scales, sw, Ls, Lm)
+            if not q5:
+                for j in range(0, QK_K, 64):
+                    for l in range(32):
+                        o[16 + j // 2 + l] = np.int64(L[j + l]) | (np.int64(L[j + l + 32]) << 4)
+                continue
             qh = o[16:48]
             ql = o[48:176]
             for k in range(32):
@@ -526,7 +510,7 @@ def decode_q5_K_rows(data, out):
 # ----------------------------------------------------------------- Q6_K
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def encode_q6_K_rows(x, qw, use_qw, out):
     """quantize_row_q6_K_ref (no weights) / quantize_row_q6_K_impl (weights)."""
     rows, cols = x.shape
@@ -536,6 +520,8 @@ def encode_q6_K_rows(x, qw, use_qw, out):
     for c in prange(nch):
         L = np.zeros(QK_K, np.int8)
         scales = np.zeros(16, np.float32)
+        w = np.zeros(16, np.float32)
+        S = scratch()
         for t in range(c * total // nch, (c + 1) * total // nch):
             r = t // nb
             b = t % nb
@@ -544,12 +530,14 @@ def encode_q6_K_rows(x, qw, use_qw, out):
             max_scale = F0
             max_abs_scale = F0
             for ib in range(16):
+                xs = xb[16 * ib:16 * ib + 16]
                 if use_qw:
-                    scale = make_qx_quants(16, 32, xb[16 * ib:16 * ib + 16], L[16 * ib:16 * ib + 16], 1,
-                                           qw[b * QK_K + 16 * ib:b * QK_K + 16 * ib + 16], True)
-                else:
-                    scale = make_qx_quants(16, 32, xb[16 * ib:16 * ib + 16], L[16 * ib:16 * ib + 16], 1,
-                                           qw, False)
+                    for l in range(16):
+                        w[l] = qw[b * QK_K + 16 * ib + l]
+                else:  # quant_weights NULL, rmse_type 1: w = x*x
+                    for l in range(16):
+                        w[l] = xs[l] * xs[l]
+                scale = make_qx_quants(16, 32, xs, w, L[16 * ib:16 * ib + 16], S)
                 scales[ib] = scale
                 a = abs(scale)
                 if a > max_abs_scale:
@@ -608,11 +596,11 @@ def decode_q6_K_rows(data, out):
 # ----------------------------------------------------------------- wrappers
 
 
-def _enc(kernel, nbytes, x, qw):
+def _enc(kernel, nbytes, x, qw, *extra):
     rows, cols = x.shape
     out = np.zeros((rows, cols // QK_K * nbytes), np.uint8)
     use = qw is not None
-    kernel(x, qw if use else np.zeros(1, np.float32), use, out)
+    kernel(x, qw if use else np.zeros(1, np.float32), use, out, *extra)
     return out
 
 
@@ -631,11 +619,11 @@ def encode_q3_K(x, qw=None):
 
 
 def encode_q4_K(x, qw=None):
-    return _enc(encode_q4_K_rows, 144, x, qw)
+    return _enc(encode_q45_K_rows, 144, x, qw, False)
 
 
 def encode_q5_K(x, qw=None):
-    return _enc(encode_q5_K_rows, 176, x, qw)
+    return _enc(encode_q45_K_rows, 176, x, qw, True)
 
 
 def encode_q6_K(x, qw=None):

@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from .fp import fp16_to_fp32, fp32_to_fp16, roundf, trunc_to_i8
-from .search import make_qkx3_quants, make_qx_quants
+from .search import make_qkx_quants, make_qx_quants, scratch
 
 QK = 32
 F0 = np.float32(0.0)
@@ -120,6 +120,7 @@ def encode_q4_0_rows(x, qw, use_qw, out):
     for c in prange(nch):
         L = np.empty(QK, np.int8)
         weight = np.empty(QK, np.float32)
+        S = scratch()
         for t in range(c * total // nch, (c + 1) * total // nch):
             r = t // nb
             b = t % nb
@@ -127,7 +128,7 @@ def encode_q4_0_rows(x, qw, use_qw, out):
             o = out[r, b * 18:(b + 1) * 18]
             if use_qw:
                 _weights(xb, qw[b * QK:(b + 1) * QK], sig[r], weight)
-                d = make_qx_quants(QK, 8, xb, L, 1, weight, True)
+                d = make_qx_quants(QK, 8, xb, weight, L, S)
                 _put_f16(o, 0, d)
                 for j in range(16):
                     o[2 + j] = np.int64(L[j]) | (np.int64(L[j + 16]) << 4)
@@ -178,6 +179,7 @@ def encode_q5_0_rows(x, qw, use_qw, out):
     for c in prange(nch):
         L = np.empty(QK, np.int8)
         weight = np.empty(QK, np.float32)
+        S = scratch()
         q = np.empty(QK, np.int64)
         for t in range(c * total // nch, (c + 1) * total // nch):
             r = t // nb
@@ -186,7 +188,7 @@ def encode_q5_0_rows(x, qw, use_qw, out):
             o = out[r, b * 22:(b + 1) * 22]
             if use_qw:
                 _weights(xb, qw[b * QK:(b + 1) * QK], sig[r], weight)
-                d = make_qx_quants(QK, 16, xb, L, 1, weight, True)
+                d = make_qx_quants(QK, 16, xb, weight, L, S)
                 for j in range(QK):
                     q[j] = L[j]
             else:
@@ -246,7 +248,7 @@ def encode_q4_1_rows(x, qw, use_qw, out):
     nch = _chunks(total)
     for c in prange(nch):
         L = np.empty(QK, np.uint8)
-        Laux = np.empty(QK, np.uint8)
+        S = scratch()
         weight = np.empty(QK, np.float32)
         for t in range(c * total // nch, (c + 1) * total // nch):
             r = t // nb
@@ -255,8 +257,7 @@ def encode_q4_1_rows(x, qw, use_qw, out):
             o = out[r, b * 20:(b + 1) * 20]
             if use_qw:
                 _weights(xb, qw[b * QK:(b + 1) * QK], sig[r], weight)
-                d, the_min = make_qkx3_quants(QK, 15, xb, weight, True, L, Laux,
-                                              np.float32(-0.9), np.float32(0.05), 36, False)
+                d, the_min = make_qkx_quants(QK, 15, xb, weight, L, np.float32(-0.9), np.float32(0.05), 36, False, S)
                 _put_f16(o, 0, d)
                 _put_f16(o, 2, -the_min)
                 for j in range(16):
@@ -310,7 +311,7 @@ def encode_q5_1_rows(x, qw, use_qw, out):
     nch = _chunks(total)
     for c in prange(nch):
         L = np.empty(QK, np.uint8)
-        Laux = np.empty(QK, np.uint8)
+        S = scratch()
         weight = np.empty(QK, np.float32)
         q = np.empty(QK, np.int64)
         for t in range(c * total // nch, (c + 1) * total // nch):
@@ -320,8 +321,7 @@ def encode_q5_1_rows(x, qw, use_qw, out):
             o = out[r, b * 24:(b + 1) * 24]
             if use_qw:
                 _weights(xb, qw[b * QK:(b + 1) * QK], sig[r], weight)
-                d, the_min = make_qkx3_quants(QK, 31, xb, weight, True, L, Laux,
-                                              np.float32(-0.9), np.float32(0.05), 36, False)
+                d, the_min = make_qkx_quants(QK, 31, xb, weight, L, np.float32(-0.9), np.float32(0.05), 36, False, S)
                 mval = -the_min
                 for j in range(QK):
                     q[j] = L[j]
