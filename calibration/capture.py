@@ -13,6 +13,12 @@ Stages: -1 = embedding (PLE model projection), 0..L-1 = decoder blocks, L = outp
 `on_stage(i, stats)` may return replacement weights for that stage (dequantized quantized weights); the stage is
 then re-run with them, so the next stage's inputs come from the already-quantized model (GPTQ's sequential mode).
 
+With `on_linear(name, stats)` (GPTQ's "true sequential" mode) the whole calibration set runs as one batch and each
+dense linear weight may be replaced the moment its input has been seen: its statistics are then complete, the
+replacement is applied by the same forward pass, and later linears of the block see the quantized predecessors'
+outputs. Every block then runs once instead of twice (observe, then re-run with the quantized weights); weights
+that on_linear leaves alone (MoE expert stacks, or any it returns None for) still go through on_stage.
+
 Besides the linear statistics the pass records what the lookup-table importance needs (see
 `quantkit.calibration.embed_importance`): a per-gate-output PLE sensitivity, and the per-dimension gain of layer 0's
 input norm.
@@ -110,17 +116,21 @@ class Capture:
     """Walks `ids` [N, T] through the model in mini-batches of `batch_size` sequences, stage by stage."""
 
     def __init__(self, spec: ModelSpec, weights: Callable[[str], np.ndarray], ids, batch_size: int = 8,
-                 hessian: bool = False, device: str = "cpu", progress: bool = True):
+                 hessian: bool = False, device: str = "cpu", progress: bool = True,
+                 on_linear: Callable[[str, LinearStats], np.ndarray | None] | None = None):
         self.spec = spec
+        self.on_linear = on_linear
         self.getter = _StageWeights(weights)
         self.model = Gemma(spec, self.getter, dtype=torch.float32, device=device, keep=False)
         self.ids = torch.as_tensor(np.asarray(ids), dtype=torch.long)
         if self.ids.ndim != 2:
             raise ValueError(f"calibration ids must be [n_seqs, seq_len], got shape {tuple(self.ids.shape)}")
-        self.batch_size = batch_size
+        # one batch: a linear's statistics are complete after its first call
+        self.batch_size = max(1, self.ids.shape[0]) if on_linear is not None else batch_size
         self.hessian = hessian
         self.progress = progress
         self._acc: dict[str, _Acc] = {}
+        self._done: set[str] = set()  # replaced by on_linear during the running stage
         self._last_x: tuple[torch.Tensor, np.ndarray | None, np.ndarray] | None = None
         self._ple_x2: torch.Tensor | None = None
         self._ple_pending: torch.Tensor | None = None
@@ -137,21 +147,33 @@ class Capture:
             return last[1], last[2]  # the same input as the previous weight (we hold it, so no reuse)
         xf = x.float()
         s2 = xf.double().pow(2).sum(0).numpy()
-        h = (xf.T @ xf).double().numpy() if self.hessian else None
+        h = None
+        if self.hessian:
+            h = (xf.T @ xf).numpy()
+            h = h.astype(np.float64) if self.on_linear is None else h  # one batch: no sum, float32 is enough
         self._last_x = (x, s2, h)
         return s2, h
 
     def _observe(self, name: str, x: torch.Tensor) -> None:
         acc = self._acc.get(name)
         if acc is None:
-            acc = self._acc[name] = _Acc(name, x.shape[-1], self.hessian)
+            # with on_linear the whole set is one batch: X^T X is taken as it comes (float32), nothing to sum
+            acc = self._acc[name] = _Acc(name, x.shape[-1], self.hessian and self.on_linear is None)
         s2, h = self._moments(x)
         acc.sum_x2 += s2
         acc.count += x.shape[0]
         if h is not None:
-            acc.h += h
+            if acc.h is None:
+                acc.h = h.copy()
+            else:
+                acc.h += h
         if self._ple_x2 is not None:
             self._observe_ple(name, x)
+        if self.on_linear is not None and name != HEAD:
+            repl = self.on_linear(name, acc.result())
+            if repl is not None:
+                self.getter.overrides[name] = np.asarray(repl, np.float32)
+                self._done.add(name)
 
     def _observe_ple(self, name: str, x: torch.Tensor) -> None:
         """PLE sensitivity terms, per token t and gate output p (see embed_importance):
@@ -234,9 +256,12 @@ class Capture:
         def finish(i: int, states_in: list[State] | None, states_out: list[State]) -> list[State]:
             st = self._stage_stats()
             stats.update(st)
-            repl = on_stage(i, st) if on_stage is not None else None
-            if repl and i < L:
-                self.getter.overrides = {k: np.asarray(v, np.float32) for k, v in repl.items()}
+            rest = {n: s for n, s in st.items() if n not in self._done}
+            self._done = set()
+            repl = on_stage(i, rest) if on_stage is not None else None
+            lin, self.getter.overrides = self.getter.overrides, {}
+            if repl and i < L:  # re-run with every replacement (on_linear's included)
+                self.getter.overrides = {**lin, **{k: np.asarray(v, np.float32) for k, v in repl.items()}}
                 states_out = self._run_stage(i, states_in, observe=False)
                 self.getter.overrides = {}
             self.getter.end_stage()
@@ -260,10 +285,11 @@ class Capture:
 
 
 def capture(spec: ModelSpec, weights: Callable[[str], np.ndarray], ids, *, batch_size: int = 8,
-            hessian: bool = False, on_stage=None, device: str = "cpu", progress: bool = True) -> CaptureResult:
-    """One streaming calibration pass; see `Capture.run`."""
+            hessian: bool = False, on_stage=None, on_linear=None, device: str = "cpu",
+            progress: bool = True) -> CaptureResult:
+    """One streaming calibration pass; see `Capture.run` (and the module docstring for on_linear)."""
     return Capture(spec, weights, ids, batch_size=batch_size, hessian=hessian, device=device,
-                   progress=progress).run(on_stage)
+                   progress=progress, on_linear=on_linear).run(on_stage)
 
 
 def calibration_ids(tokenizer, src: str = "c4", n_seqs: int = 128, seq_len: int = 512, seed: int = 0) -> np.ndarray:

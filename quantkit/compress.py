@@ -208,20 +208,24 @@ def _quantize_sequential(source, plan, ids, work, opts) -> dict[str, np.ndarray]
     with which the writer quantizes them."""
     types = plan.types
 
-    def on_stage(i, stats):
-        repl = {}
-        for n, st in stats.items():
-            # the tied head (embed_tokens) is quantized below as a lookup table with its own importance
-            if n not in types or types[n] in FLOATS or n == "embed_tokens.weight":
-                continue
-            # IQ2/IQ3 grids have no fixed-scale encoder: those take the importance-weighted search
-            method = "gptq" if registry.get(types[n]).name in fixed.SUPPORTED else "imatrix"
-            q = quantize_tensor(method, _weights(source, plan, n), types[n], st)
-            _save(work, n, q.data)
-            repl[n] = q.values
-        return repl
+    def one(n, st):
+        # the tied head (embed_tokens) is quantized below as a lookup table with its own importance
+        if n not in types or types[n] in FLOATS or n == "embed_tokens.weight":
+            return None
+        # IQ2/IQ3 grids have no fixed-scale encoder: those take the importance-weighted search
+        method = "gptq" if registry.get(types[n]).name in fixed.SUPPORTED else "imatrix"
+        q = quantize_tensor(method, _weights(source, plan, n), types[n], st)
+        _save(work, n, q.data)
+        return q.values
 
-    result = capture(source.spec, source, ids, hessian=True, on_stage=on_stage, device=opts.device, progress=opts.progress)
+    def on_stage(i, stats):
+        repl = {n: one(n, st) for n, st in stats.items()}
+        return {n: v for n, v in repl.items() if v is not None}
+
+    # true-sequential GPTQ: each dense linear is quantized as soon as its input has been seen, in one pass over the
+    # calibration set (which then runs as a single batch); expert stacks go through on_stage
+    result = capture(source.spec, source, ids, hessian=True, on_stage=on_stage, on_linear=one, device=opts.device,
+                     progress=opts.progress)
     return table_importance(source.spec, result, source)
 
 

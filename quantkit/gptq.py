@@ -151,15 +151,19 @@ def _upper_inverse_cholesky(H: np.ndarray) -> np.ndarray:
     """U upper triangular with U^T U = H^-1 (what GPTQ calls Hinv), raising damping until H is positive definite."""
     import torch
 
-    Ht = torch.from_numpy(H)
+    # With J the reversal permutation and J H J = L' L'^T (lower Cholesky): H = V V^T with V = J L' J upper, so
+    # H^-1 = V^-T V^-1 and U = V^-1 = J L'^-1 J. One Cholesky and one triangular inverse instead of a Cholesky,
+    # a full inverse and a second Cholesky.
+    Ht = torch.from_numpy(np.ascontiguousarray(H[::-1, ::-1]))
     eye = torch.eye(H.shape[0], dtype=torch.float64)
     extra = 0.0
     for _ in range(8):
         L, info = torch.linalg.cholesky_ex(Ht + extra * eye)
         if int(info) == 0:
-            U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
-            if int(info) == 0:
-                return U.numpy()
+            Linv = torch.linalg.solve_triangular(L, eye, upper=False)
+            U = Linv.numpy()[::-1, ::-1]
+            if np.all(np.isfinite(U)):
+                return np.ascontiguousarray(U)
         extra = max(extra * 10, 1e-6 * float(np.mean(np.diag(H))))
     raise BadInput("Hessian is not positive definite even after extra damping")
 

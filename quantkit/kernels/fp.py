@@ -167,3 +167,17 @@ def to_i8(i):
     """C conversion of an int to int8_t (wraps)."""
     i = np.int64(i) & 0xFF
     return i - 256 if i >= 128 else i
+
+
+@njit(cache=True)
+def put_f16(o, pos, f):
+    """Store f as little-endian fp16 bits at o[pos:pos+2] (GGML_FP32_TO_FP16)."""
+    h = fp32_to_fp16(f)
+    o[pos] = h & 0xFF
+    o[pos + 1] = (h >> 8) & 0xFF
+
+
+@njit(cache=True)
+def get_f16(o, pos):
+    """The little-endian fp16 at o[pos:pos+2] as float32."""
+    return fp16_to_fp32(np.int64(o[pos]) | (np.int64(o[pos + 1]) << 8))

@@ -23,7 +23,7 @@ import numpy as np
 from gguf.quants import IQ4_NL as _GGUF_IQ4_NL
 from numba import njit, prange
 
-from .fp import GROUP_MAX_EPS, fp16_to_fp32, fp32_to_fp16, nearest_int
+from .fp import GROUP_MAX_EPS, nearest_int, get_f16, put_f16
 from .search import best_index_int8
 
 F0 = np.float32(0.0)
@@ -32,18 +32,6 @@ F1 = np.float32(1.0)
 KVALUES = np.array(_GGUF_IQ4_NL.kvalues, dtype=np.float32)  # int8 table as exact floats
 
 BYTES = {"IQ4_NL": 18, "IQ4_XS": 136}
-
-
-@njit(cache=True)
-def _put_f16(o, pos, f):
-    h = fp32_to_fp16(f)
-    o[pos] = h & 0xFF
-    o[pos + 1] = (h >> 8) & 0xFF
-
-
-@njit(cache=True)
-def _get_f16(o, pos):
-    return fp16_to_fp32(np.int64(o[pos]) | (np.int64(o[pos + 1]) << 8))
 
 
 @njit(cache=True)
@@ -60,7 +48,7 @@ def iq4_nl_impl(sbs, x, qw, use_qw, values, ntry, o, scales, weight, L):
     sigma2 *= np.float32(2.0) / np.float32(sbs)
     for j in range(sbs // 2):
         o[qpos + j] = 0
-    _put_f16(o, 0, F0)
+    put_f16(o, 0, F0)
     max_scale = F0
     amax_scale = F0
     v0 = values[0]
@@ -120,7 +108,7 @@ def iq4_nl_impl(sbs, x, qw, use_qw, values, ntry, o, scales, weight, L):
         # IQ4_XS: scales_h at o[2:4], scales_l at o[4:8]
         sh = 0
         d = -max_scale / np.float32(32.0)
-        _put_f16(o, 0, d)
+        put_f16(o, 0, d)
         idv = F1 / d if d != F0 else F0
         for ib in range(nsub):
             l = nearest_int(idv * scales[ib])
@@ -141,7 +129,7 @@ def iq4_nl_impl(sbs, x, qw, use_qw, values, ntry, o, scales, weight, L):
         o[2] = sh & 0xFF
         o[3] = (sh >> 8) & 0xFF
     else:
-        _put_f16(o, 0, scales[0])
+        put_f16(o, 0, scales[0])
         if ntry > 0:
             idv = F1 / scales[0] if scales[0] != F0 else F0
             for j in range(sbs):
@@ -176,7 +164,7 @@ def decode_iq4_nl_rows(data, values, out):
         r = t // nb
         b = t % nb
         o = data[r, b * 18:(b + 1) * 18]
-        d = _get_f16(o, 0)
+        d = get_f16(o, 0)
         for j in range(16):
             q = np.int64(o[2 + j])
             out[r, b * 32 + j] = d * values[q & 0xF]
@@ -191,7 +179,7 @@ def decode_iq4_xs_rows(data, values, out):
         r = t // nb
         b = t % nb
         o = data[r, b * 136:(b + 1) * 136]
-        d = _get_f16(o, 0)
+        d = get_f16(o, 0)
         sh = np.int64(o[2]) | (np.int64(o[3]) << 8)
         for ib in range(8):
             ls = ((np.int64(o[4 + ib // 2]) >> (4 * (ib % 2))) & 0xF) | (((sh >> (2 * ib)) & 3) << 4)

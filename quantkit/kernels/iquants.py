@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .fp import fp16_to_fp32, fp32_to_fp16, nearest_int
+from .fp import nearest_int, get_f16, put_f16
 from .iqgrid import iq2xs_grid, iq2xxs_grid, iq3xxs_grid
 from .search import make_qp_quants
 
@@ -46,18 +46,6 @@ BYTES = {"IQ2_XXS": 66, "IQ2_XS": 74, "IQ3_XXS": 98}
 
 class GridError(RuntimeError):
     pass
-
-
-@njit(cache=True)
-def _put_f16(o, pos, f):
-    h = fp32_to_fp16(f)
-    o[pos] = h & 0xFF
-    o[pos + 1] = (h >> 8) & 0xFF
-
-
-@njit(cache=True)
-def _get_f16(o, pos):
-    return fp16_to_fp32(np.int64(o[pos]) | (np.int64(o[pos + 1]) << 8))
 
 
 @njit(cache=True)
@@ -123,7 +111,7 @@ def _u_of(L, base, n, bits):
 @njit(cache=True)
 def _iq2_xxs_block(x, qw, o, pos, kmap, nb_off, nb_list, scales, weight, xval, L, Laux, waux, Lq, block_signs, q2):
     kMaxQ = 3
-    _put_f16(o, 0, F0)
+    put_f16(o, 0, F0)
     for k in range(16):
         q2[k] = 0
     max_scale = F0
@@ -218,7 +206,7 @@ def _iq2_xxs_block(x, qw, o, pos, kmap, nb_off, nb_list, scales, weight, xval, L
             o[2 + k] = 0
         return True
     d = max_scale / np.float32(31.0)
-    _put_f16(o, 0, d)
+    put_f16(o, 0, d)
     idv = F1 / d
     for ib in range(8):
         l = nearest_int(np.float32(0.5) * (idv * scales[ib] - F1))
@@ -261,7 +249,7 @@ def _encode_iq2_xxs_rows(x, qw, pos, kmap, nb_off, nb_list, out, ok):
 @njit(cache=True)
 def _iq2_xs_block(x, qw, o, pos, kmap, nb_off, nb_list, scales, weight, xval, L, Laux, waux, block_signs, q2):
     kMaxQ = 3
-    _put_f16(o, 0, F0)
+    put_f16(o, 0, F0)
     for k in range(32):
         q2[k] = 0
     for k in range(8):
@@ -361,7 +349,7 @@ def _iq2_xs_block(x, qw, o, pos, kmap, nb_off, nb_list, scales, weight, xval, L,
             o[2 + k] = 0
         return True
     d = max_scale / np.float32(31.0)
-    _put_f16(o, 0, d)
+    put_f16(o, 0, d)
     idv = F1 / d
     for ib in range(16):
         l = nearest_int(np.float32(0.5) * (idv * scales[ib] - F1))
@@ -407,7 +395,7 @@ def _encode_iq2_xs_rows(x, qw, pos, kmap, nb_off, nb_list, out, ok):
 def _iq3_xxs_block(x, qw, use_qw, o, pos, kmap, nb_off, nb_list, scales, weight, xval, L, Laux, waux,
                    block_signs, q3, sas):
     kMaxQ = 8
-    _put_f16(o, 0, F0)
+    put_f16(o, 0, F0)
     for k in range(64):
         q3[k] = 0
     for k in range(8):
@@ -514,7 +502,7 @@ def _iq3_xxs_block(x, qw, use_qw, o, pos, kmap, nb_off, nb_list, scales, weight,
             o[2 + k] = 0
         return True
     d = max_scale / np.float32(31.0)
-    _put_f16(o, 0, d * np.float32(1.0125))
+    put_f16(o, 0, d * np.float32(1.0125))
     idv = F1 / d
     for ib in range(8):
         l = nearest_int(np.float32(0.5) * (idv * scales[ib] - F1))
@@ -564,7 +552,7 @@ def _decode_iq2_xxs_rows(data, values, ksigns, out):
         r = t // nb
         b = t % nb
         o = data[r, b * 66:(b + 1) * 66]
-        d = _get_f16(o, 0)
+        d = get_f16(o, 0)
         for ib in range(8):
             a1 = 0
             for k in range(4):
@@ -586,7 +574,7 @@ def _decode_iq2_xs_rows(data, values, ksigns, out):
         r = t // nb
         b = t % nb
         o = data[r, b * 74:(b + 1) * 74]
-        d = _get_f16(o, 0)
+        d = get_f16(o, 0)
         for ib in range(8):
             sc = np.int64(o[66 + ib])
             db0 = d * (np.float32(0.5) + np.float32(sc & 0xF)) * np.float32(0.25)
@@ -609,7 +597,7 @@ def _decode_iq3_xxs_rows(data, values, ksigns, out):
         r = t // nb
         b = t % nb
         o = data[r, b * 98:(b + 1) * 98]
-        d = _get_f16(o, 0)
+        d = get_f16(o, 0)
         for ib in range(8):
             a = 0
             for k in range(4):

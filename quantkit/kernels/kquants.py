@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .fp import GROUP_MAX_EPS, fp16_to_fp32, fp32_to_fp16, nearest_int, to_i8
+from .fp import GROUP_MAX_EPS, nearest_int, to_i8, get_f16, put_f16
 from .search import make_q3_quants, make_qkx_quants, make_qp_quants, make_qx_quants, scratch
 
 QK_K = 256
@@ -36,23 +36,6 @@ F0 = np.float32(0.0)
 F1 = np.float32(1.0)
 
 BYTES = {"Q2_K": 84, "Q3_K": 110, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210}
-
-
-@njit(cache=True)
-def _put_f16(o, pos, f):
-    h = fp32_to_fp16(f)
-    o[pos] = h & 0xFF
-    o[pos + 1] = (h >> 8) & 0xFF
-
-
-@njit(cache=True)
-def _f16bits(o, pos):
-    return np.int64(o[pos]) | (np.int64(o[pos + 1]) << 8)
-
-
-@njit(cache=True)
-def _get_f16(o, pos):
-    return fp16_to_fp32(_f16bits(o, pos))
 
 
 @njit(cache=True)
@@ -91,21 +74,21 @@ def _q2_K_block(x, qw, use_qw, o, L, S, weights, mins, scales, sw, Ls, Lm):
             iscale = q4scale / max_scale
             for j in range(16):
                 sbytes[j] = nearest_int(iscale * scales[j]) & 0xFF
-            _put_f16(o, 80, max_scale / q4scale)
+            put_f16(o, 80, max_scale / q4scale)
         else:
             for j in range(16):
                 sbytes[j] = 0
-            _put_f16(o, 80, F0)
+            put_f16(o, 80, F0)
         if max_min > F0:
             iscale = q4scale / max_min
             for j in range(16):
                 l = nearest_int(iscale * mins[j])
                 sbytes[j] = (np.int64(sbytes[j]) | (l << 4)) & 0xFF
-            _put_f16(o, 82, max_min / q4scale)
+            put_f16(o, 82, max_min / q4scale)
         else:
-            _put_f16(o, 82, F0)
-        dm_all = _get_f16(o, 80)
-        mm_all = _get_f16(o, 82)
+            put_f16(o, 82, F0)
+        dm_all = get_f16(o, 80)
+        mm_all = get_f16(o, 82)
     else:
         # quantize_row_q2_K_impl
         sumx2 = F0
@@ -126,10 +109,10 @@ def _q2_K_block(x, qw, use_qw, o, L, S, weights, mins, scales, sw, Ls, Lm):
             mins[j] = mn
         dm = make_qp_quants(16, 15, scales, Ls, sw)
         mm = make_qp_quants(16, 15, mins, Lm, sw)
-        _put_f16(o, 80, dm)
-        _put_f16(o, 82, mm)
-        dm_all = _get_f16(o, 80)
-        mm_all = _get_f16(o, 82)
+        put_f16(o, 80, dm)
+        put_f16(o, 82, mm)
+        dm_all = get_f16(o, 80)
+        mm_all = get_f16(o, 82)
         for j in range(16):
             sbytes[j] = (np.int64(Ls[j]) | (np.int64(Lm[j]) << 4)) & 0xFF
     for j in range(16):
@@ -173,8 +156,8 @@ def decode_q2_K_rows(data, out):
         r = t // nb
         b = t % nb
         o = data[r, b * 84:(b + 1) * 84]
-        d = _get_f16(o, 80)
-        dmin = _get_f16(o, 82)
+        d = get_f16(o, 80)
+        dmin = get_f16(o, 82)
         for e in range(QK_K):
             sc = np.int64(o[e // 16])
             dl = d * np.float32(sc & 0xF)
@@ -214,9 +197,9 @@ def _q3_K_block(x, qw, use_qw, o, Lw, weight, scales, sw, Ls, L8, S):
                     sb[j - 8] = np.int64(sb[j - 8]) | ((l & 0xF) << 4)
                 l >>= 4
                 sb[j % 4 + 8] = (np.int64(sb[j % 4 + 8]) | (l << (2 * (j // 4)))) & 0xFF
-            _put_f16(o, 108, F1 / iscale)
+            put_f16(o, 108, F1 / iscale)
         else:
-            _put_f16(o, 108, F0)
+            put_f16(o, 108, F0)
     else:
         # quantize_row_q3_K_impl (only reached with weights; see quantize_q3_K)
         sumx2 = F0
@@ -241,8 +224,8 @@ def _q3_K_block(x, qw, use_qw, o, Lw, weight, scales, sw, Ls, L8, S):
                 sb[j - 8] = np.int64(sb[j - 8]) | ((l & 0xF) << 4)
             l >>= 4
             sb[j % 4 + 8] = (np.int64(sb[j % 4 + 8]) | (l << (2 * (j // 4)))) & 0xFF
-        _put_f16(o, 108, d_block)
-    dall = _get_f16(o, 108)
+        put_f16(o, 108, d_block)
+    dall = get_f16(o, 108)
     for j in range(16):
         if j < 8:
             sc = np.int64(sb[j]) & 0xF
@@ -302,7 +285,7 @@ def decode_q3_K_rows(data, out):
         r = t // nb
         b = t % nb
         o = data[r, b * 110:(b + 1) * 110]
-        d = _get_f16(o, 108)
+        d = get_f16(o, 108)
         for e in range(QK_K):
             i = e // 16
             if i < 8:
@@ -375,8 +358,8 @@ def _q45_K_levels(x, qw, use_qw, nmax, ref_rmin, ref_rdelta, ref_nstep, o, L, S,
             ls = min(63, nearest_int(inv_scale * scales[j]) & 0xFF)
             lm = min(63, nearest_int(inv_min * mins[j]) & 0xFF)
             _set_scale_min_k4(sb, j, ls, lm)
-        _put_f16(o, 0, max_scale / np.float32(63.0))
-        _put_f16(o, 2, max_min / np.float32(63.0))
+        put_f16(o, 0, max_scale / np.float32(63.0))
+        put_f16(o, 2, max_min / np.float32(63.0))
     else:
         sum_x2 = F0
         for l in range(QK_K):
@@ -398,10 +381,10 @@ def _q45_K_levels(x, qw, use_qw, nmax, ref_rmin, ref_rdelta, ref_nstep, o, L, S,
         m_block = make_qp_quants(8, 63, mins, Lm, sw)
         for j in range(8):
             _set_scale_min_k4(sb, j, min(63, np.int64(Ls[j])), min(63, np.int64(Lm[j])))
-        _put_f16(o, 0, d_block)
-        _put_f16(o, 2, m_block)
-    dall = _get_f16(o, 0)
-    mall = _get_f16(o, 2)
+        put_f16(o, 0, d_block)
+        put_f16(o, 2, m_block)
+    dall = get_f16(o, 0)
+    mall = get_f16(o, 2)
     for j in range(8):
         sc, m = _get_scale_min_k4(j, sb)
         d = dall * np.float32(sc)
@@ -474,8 +457,8 @@ def decode_q4_K_rows(data, out):
         r = t // nb
         b = t % nb
         o = data[r, b * 144:(b + 1) * 144]
-        d = _get_f16(o, 0)
-        dmin = _get_f16(o, 2)
+        d = get_f16(o, 0)
+        dmin = get_f16(o, 2)
         sb = o[4:16]
         for j in range(8):
             sc, m = _get_scale_min_k4(j, sb)
@@ -494,8 +477,8 @@ def decode_q5_K_rows(data, out):
         r = t // nb
         b = t % nb
         o = data[r, b * 176:(b + 1) * 176]
-        d = _get_f16(o, 0)
-        dmin = _get_f16(o, 2)
+        d = get_f16(o, 0)
+        dmin = get_f16(o, 2)
         sb = o[4:16]
         for j in range(8):
             sc, m = _get_scale_min_k4(j, sb)
@@ -548,8 +531,8 @@ def encode_q6_K_rows(x, qw, use_qw, out):
                     o[k] = 0
                 continue
             iscale = np.float32(-128.0) / max_scale
-            _put_f16(o, 208, F1 / iscale)
-            dall = _get_f16(o, 208)
+            put_f16(o, 208, F1 / iscale)
+            dall = get_f16(o, 208)
             for ib in range(16):
                 o[192 + ib] = min(127, nearest_int(iscale * scales[ib])) & 0xFF
             for j in range(16):
@@ -580,7 +563,7 @@ def decode_q6_K_rows(data, out):
         r = t // nb
         b = t % nb
         o = data[r, b * 210:(b + 1) * 210]
-        d = _get_f16(o, 208)
+        d = get_f16(o, 208)
         for e in range(QK_K):
             h = e // 128
             w = e % 128

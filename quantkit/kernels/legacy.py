@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .fp import fp16_to_fp32, fp32_to_fp16, roundf, trunc_to_i8
+from .fp import roundf, trunc_to_i8, get_f16, put_f16
 from .search import make_qkx_quants, make_qx_quants, scratch
 
 QK = 32
@@ -28,18 +28,6 @@ F0 = np.float32(0.0)
 F1 = np.float32(1.0)
 
 BYTES = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34}
-
-
-@njit(cache=True)
-def _put_f16(o, pos, f):
-    h = fp32_to_fp16(f)
-    o[pos] = h & 0xFF
-    o[pos + 1] = (h >> 8) & 0xFF
-
-
-@njit(cache=True)
-def _get_f16(o, pos):
-    return fp16_to_fp32(np.int64(o[pos]) | (np.int64(o[pos + 1]) << 8))
 
 
 @njit(cache=True)
@@ -83,7 +71,7 @@ def encode_q8_0_rows(x, out):
             amax = max(amax, abs(xb[j]))
         d = amax / np.float32(127.0)
         idv = F1 / d if d != F0 else F0
-        _put_f16(o, 0, d)
+        put_f16(o, 0, d)
         for j in range(QK):
             o[2 + j] = trunc_to_i8(roundf(xb[j] * idv)) & 0xFF
 
@@ -96,7 +84,7 @@ def decode_q8_0_rows(data, out):
         r = t // nb
         b = t % nb
         o = data[r, b * 34:(b + 1) * 34]
-        d = _get_f16(o, 0)
+        d = get_f16(o, 0)
         for j in range(QK):
             q = np.int64(o[2 + j])
             if q >= 128:
@@ -129,7 +117,7 @@ def encode_q4_0_rows(x, qw, use_qw, out):
             if use_qw:
                 _weights(xb, qw[b * QK:(b + 1) * QK], sig[r], weight)
                 d = make_qx_quants(QK, 8, xb, weight, L, S)
-                _put_f16(o, 0, d)
+                put_f16(o, 0, d)
                 for j in range(16):
                     o[2 + j] = np.int64(L[j]) | (np.int64(L[j + 16]) << 4)
                 continue
@@ -142,7 +130,7 @@ def encode_q4_0_rows(x, qw, use_qw, out):
                     mx = v
             d = mx / np.float32(-8.0)
             idv = F1 / d if d != F0 else F0
-            _put_f16(o, 0, d)
+            put_f16(o, 0, d)
             for j in range(16):
                 x0 = xb[j] * idv
                 x1 = xb[16 + j] * idv
@@ -159,7 +147,7 @@ def decode_q4_0_rows(data, out):
         r = t // nb
         b = t % nb
         o = data[r, b * 18:(b + 1) * 18]
-        d = _get_f16(o, 0)
+        d = get_f16(o, 0)
         for j in range(16):
             q = np.int64(o[2 + j])
             out[r, b * QK + j] = d * np.float32((q & 0xF) - 8)
@@ -203,7 +191,7 @@ def encode_q5_0_rows(x, qw, use_qw, out):
                 idv = F1 / d if d != F0 else F0
                 for j in range(QK):
                     q[j] = min(31, trunc_to_i8(xb[j] * idv + np.float32(16.5))) & 0xFF
-            _put_f16(o, 0, d)
+            put_f16(o, 0, d)
             qh = 0
             for j in range(16):
                 xi0 = q[j]
@@ -223,7 +211,7 @@ def decode_q5_0_rows(data, out):
         r = t // nb
         b = t % nb
         o = data[r, b * 22:(b + 1) * 22]
-        d = _get_f16(o, 0)
+        d = get_f16(o, 0)
         qh = np.int64(o[2]) | (np.int64(o[3]) << 8) | (np.int64(o[4]) << 16) | (np.int64(o[5]) << 24)
         for j in range(16):
             q = np.int64(o[6 + j])
@@ -258,8 +246,8 @@ def encode_q4_1_rows(x, qw, use_qw, out):
             if use_qw:
                 _weights(xb, qw[b * QK:(b + 1) * QK], sig[r], weight)
                 d, the_min = make_qkx_quants(QK, 15, xb, weight, L, np.float32(-0.9), np.float32(0.05), 36, False, S)
-                _put_f16(o, 0, d)
-                _put_f16(o, 2, -the_min)
+                put_f16(o, 0, d)
+                put_f16(o, 2, -the_min)
                 for j in range(16):
                     o[4 + j] = np.int64(L[j]) | (np.int64(L[j + 16]) << 4)
                 continue
@@ -273,8 +261,8 @@ def encode_q4_1_rows(x, qw, use_qw, out):
                     mx = v
             d = (mx - mn) / np.float32(15.0)
             idv = F1 / d if d != F0 else F0
-            _put_f16(o, 0, d)
-            _put_f16(o, 2, mn)
+            put_f16(o, 0, d)
+            put_f16(o, 2, mn)
             for j in range(16):
                 x0 = (xb[j] - mn) * idv
                 x1 = (xb[16 + j] - mn) * idv
@@ -291,8 +279,8 @@ def decode_q4_1_rows(data, out):
         r = t // nb
         b = t % nb
         o = data[r, b * 20:(b + 1) * 20]
-        d = _get_f16(o, 0)
-        m = _get_f16(o, 2)
+        d = get_f16(o, 0)
+        m = get_f16(o, 2)
         for j in range(16):
             q = np.int64(o[4 + j])
             out[r, b * QK + j] = d * np.float32(q & 0xF) + m
@@ -340,8 +328,8 @@ def encode_q5_1_rows(x, qw, use_qw, out):
                 for j in range(QK):
                     # (uint8_t)(x0 + 0.5f), no clamp in the C code
                     q[j] = trunc_to_i8((xb[j] - mn) * idv + np.float32(0.5)) & 0xFF
-            _put_f16(o, 0, d)
-            _put_f16(o, 2, mval)
+            put_f16(o, 0, d)
+            put_f16(o, 2, mval)
             qh = 0
             for j in range(16):
                 xi0 = q[j]
@@ -361,8 +349,8 @@ def decode_q5_1_rows(data, out):
         r = t // nb
         b = t % nb
         o = data[r, b * 24:(b + 1) * 24]
-        d = _get_f16(o, 0)
-        m = _get_f16(o, 2)
+        d = get_f16(o, 0)
+        m = get_f16(o, 2)
         qh = np.int64(o[4]) | (np.int64(o[5]) << 8) | (np.int64(o[6]) << 16) | (np.int64(o[7]) << 24)
         for j in range(16):
             q = np.int64(o[8 + j])
