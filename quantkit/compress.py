@@ -93,7 +93,11 @@ def make_plan(source: TensorSource, opts: CompressOptions, provenance: dict, err
             budget = plans.bits_budget(infos, opts.bits)
             label = f"--bits {opts.bits}"
         else:
-            budget = opts.max_size - header_overhead(source, provenance)
+            overhead = header_overhead(source, provenance)
+            if opts.max_size <= overhead:
+                raise BadOption(f"--max-size {opts.max_size:,} bytes does not even hold the header, metadata and "
+                                f"tokenizer ({overhead:,} bytes)")
+            budget = opts.max_size - overhead
             label = f"--max-size {opts.max_size:,}"
         p = plans.budget(infos, budget, error, with_data=opts.method != "rtn", forced=forced, mode=label)
         return p

@@ -22,8 +22,10 @@ their summed diag(H), and the columns inside each block by their own.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -179,7 +181,28 @@ def _block_order(diag: np.ndarray, bs: int, act_order: bool) -> np.ndarray:
     return np.concatenate([b * bs + np.argsort(-d[b], kind="stable") for b in blocks])
 
 
+# The column loop makes many small kernel calls per tensor (one scale search, one grid read and one column pass per
+# block). Each is too small to gain from Numba's thread pool, and launching it costs more than the work on a loaded
+# machine (BLAS/OpenMP threads of the batch updates still spinning): measured 2-9x slower than single-threaded.
+LOOP_THREADS = 1
+
+
+@contextlib.contextmanager
+def _numba_threads(n: int):
+    prev = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(prev)
+
+
 def _gptq(w: np.ndarray, grid, hessian: np.ndarray, damp: float, act_order: bool, batch: int):
+    with _numba_threads(LOOP_THREADS):
+        return _gptq_loop(w, grid, hessian, damp, act_order, batch)
+
+
+def _gptq_loop(w: np.ndarray, grid, hessian: np.ndarray, damp: float, act_order: bool, batch: int):
     W = np.array(w, dtype=np.float32, copy=True)
     rows, cols = W.shape
     bs = grid.bs

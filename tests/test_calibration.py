@@ -104,6 +104,33 @@ def test_sequential_mode_feeds_quantized_weights_forward():
             assert not np.allclose(st.sum_x2, plain[n][0], rtol=1e-4), f"{n} did not see the quantized block 0"
 
 
+
+def test_true_sequential_mode_replaces_each_linear_as_it_is_seen():
+    """on_linear: one pass; a linear's statistics come from a model whose earlier linears (same block included)
+    are already replaced, and the Hessians match a plain capture of that model."""
+    spec, weights = tiny("gemma4_dense")
+    ids = tiny_models.random_ids(batch=3, length=24, seed=2)
+    q = lambda n: registry.dequantize("Q4_0", registry.quantize("Q4_0", weights[n]), weights[n].shape)  # noqa: E731
+    block0 = [n for n in weights if n.startswith("layers.0.self_attn.") and n.endswith("proj.weight")]
+    order, staged = [], []
+
+    def on_linear(name, st):
+        order.append(name)
+        assert st.hessian is not None and st.count == ids.numel()
+        return q(name) if name in block0 else None
+
+    res = capture(spec, weights.__getitem__, ids, hessian=True, on_linear=on_linear,
+                  on_stage=lambda i, stats: staged.extend(stats) or None, progress=False)
+    assert set(block0) <= set(order) and not set(block0) & set(staged)
+    swapped = brute_force(spec, {**weights, **{n: q(n) for n in block0}}, ids)
+    o = "layers.0.self_attn.o_proj.weight"
+    assert o in block0
+    for n, st in res.stats.items():
+        s2, c, h = swapped[n]
+        np.testing.assert_allclose(st.sum_x2, s2, rtol=1e-5, atol=1e-6, err_msg=n)
+        np.testing.assert_allclose(st.hessian, h, rtol=1e-4, atol=1e-4 * np.abs(h).max(), err_msg=n)
+
+
 def test_imatrix_file_round_trip_and_llamacpp_layout(tmp_path):
     from gguf import GGUFReader, GGMLQuantizationType
 
