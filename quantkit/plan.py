@@ -137,7 +137,8 @@ def bits_budget(infos: Mapping[str, TensorInfo], bits: int) -> int:
 
 def candidates(name: str, cols: int, with_data: bool) -> list[str]:
     pool = CANDIDATES_256 if cols % 256 == 0 else CANDIDATES_32
-    return [t for t in pool if cols % registry.get(t).block_size == 0 and (with_data or t not in NEEDS_DATA)]
+    fits = [t for t in pool if cols % registry.get(t).block_size == 0 and (with_data or t not in NEEDS_DATA)]
+    return fits or ["F16"]  # rows no block divides stay F16, as llama.cpp's fallback does
 
 
 def prior_error(info: TensorInfo, type_name: str) -> float:
