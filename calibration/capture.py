@@ -146,11 +146,14 @@ class Capture:
                 and last[0].stride() == x.stride():
             return last[1], last[2]  # the same input as the previous weight (we hold it, so no reuse)
         xf = x.float()
-        s2 = xf.double().pow(2).sum(0).numpy()
         h = None
         if self.hessian:
             h = (xf.T @ xf).numpy()
-            h = h.astype(np.float64) if self.on_linear is None else h  # one batch: no sum, float32 is enough
+        if h is not None and self.on_linear is not None:
+            s2 = np.diag(h).astype(np.float64)  # one batch (the whole set): no sum, float32 X^T X is enough
+        else:
+            s2 = xf.double().pow(2).sum(0).numpy()
+            h = None if h is None else h.astype(np.float64)
         self._last_x = (x, s2, h)
         return s2, h
 

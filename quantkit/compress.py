@@ -99,10 +99,9 @@ def make_plan(source: TensorSource, opts: CompressOptions, provenance: dict, err
                                 f"tokenizer ({overhead:,} bytes)")
             budget = opts.max_size - overhead
             label = f"--max-size {opts.max_size:,}"
-        p = plans.budget(infos, budget, error, with_data=opts.method != "rtn", forced=forced, mode=label)
-        return p
+        return plans.budget(infos, budget, error, with_data=opts.method != "rtn", forced=forced, mode=label)
     if forced:
-        p = plans._planned(infos, {**p.types, **forced}, p.mode + f" --ple-type {opts.ple_type}")
+        p = plans.from_types(infos, {**p.types, **forced}, p.mode + f" --ple-type {opts.ple_type}")
     return p
 
 
@@ -119,9 +118,7 @@ def relative_errors(source: TensorSource, infos, importance: dict[str, np.ndarra
     table = {}
     names = [n for n, i in infos.items() if plans.fixed_type(n, i.shape) is None]
     for n in tqdm(names, desc="sensitivity", unit="tensor", disable=not progress, leave=False):
-        w = source.get(n)
-        rows = w.shape[-2]
-        w2 = w.reshape(-1, w.shape[-1])
+        w2 = source.get(n).reshape(-1, source.infos[n].shape[-1])
         take = np.linspace(0, w2.shape[0] - 1, min(ERROR_SAMPLE_ROWS, w2.shape[0])).astype(np.int64)
         sample = np.ascontiguousarray(w2[take][:, : infos[n].shape[-1]])
         imp = importance.get(n)
@@ -130,10 +127,9 @@ def relative_errors(source: TensorSource, infos, importance: dict[str, np.ndarra
         i_w = imp if imp is not None else np.ones(sample.shape[1], np.float32)
         energy = float((sample.astype(np.float64) ** 2 * i_w).sum()) or 1.0
         for t in plans.candidates(n, sample.shape[1], with_data):
-            data = registry.quantize(t, sample, imp if registry.get(t).needs_imatrix or imp is not None else None, name=n)
+            data = registry.quantize(t, sample, imp, name=n)
             d = registry.dequantize(t, data, sample.shape).astype(np.float64) - sample
             table[n, t] = float((d**2 * i_w).sum()) / energy
-        del w, rows
     return lambda name, t: table[name, t]
 
 

@@ -85,7 +85,7 @@ def fixed_type(name: str, shape: tuple[int, ...]) -> str | None:
     return None
 
 
-def _planned(infos: Mapping[str, TensorInfo], types: Mapping[str, str], mode: str, budget: int | None = None) -> Plan:
+def from_types(infos: Mapping[str, TensorInfo], types: Mapping[str, str], mode: str, budget: int | None = None) -> Plan:
     tensors = {}
     for n, info in infos.items():
         t = types[n]
@@ -99,7 +99,7 @@ def uniform(infos: Mapping[str, TensorInfo], type_name: str) -> Plan:
     for n, info in infos.items():
         fixed = fixed_type(n, info.shape)
         types[n] = fixed or registry.fallback_type(type_name, info.shape[-1])
-    return _planned(infos, types, f"uniform {type_name}")
+    return from_types(infos, types, f"uniform {type_name}")
 
 
 def like(spec: ModelSpec, infos: Mapping[str, TensorInfo], preset: str, has_imatrix: bool = False) -> Plan:
@@ -113,7 +113,7 @@ def like(spec: ModelSpec, infos: Mapping[str, TensorInfo], preset: str, has_imat
     missing = sorted({t for t in types.values() if t not in registry.TYPES})
     if missing:
         raise BadOption(f"--like {preset}: llama.cpp would use {', '.join(missing)}, which quantkit cannot encode")
-    return _planned(infos, types, f"like {preset.upper()}")
+    return from_types(infos, types, f"like {preset.upper()}")
 
 
 def bits_budget(infos: Mapping[str, TensorInfo], bits: int) -> int:
@@ -165,4 +165,4 @@ def budget(infos: Mapping[str, TensorInfo], nbytes: int, error: ErrorFn | None =
     if fixed_bytes > nbytes:
         raise BadOption(f"budget of {nbytes:,} bytes is below the fixed-type tensors' {fixed_bytes:,} bytes")
     alloc = allocate(items, nbytes - fixed_bytes)
-    return _planned(infos, {**forced, **alloc.types}, mode or f"budget {nbytes:,} bytes", nbytes)
+    return from_types(infos, {**forced, **alloc.types}, mode or f"budget {nbytes:,} bytes", nbytes)
