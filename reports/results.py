@@ -47,6 +47,7 @@ class RunReport:
         with os.fdopen(fd, "w") as f:
             json.dump(asdict(self), f, indent=2, sort_keys=True)
             f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be shared
         os.replace(tmp, path)
         return path
 
