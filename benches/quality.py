@@ -19,7 +19,6 @@ Prints one table and writes <out>/report.json (reports.results.RunReport), repor
 from __future__ import annotations
 
 import argparse
-import ctypes
 import resource
 import shutil
 import sys
@@ -45,6 +44,7 @@ from quantkit.reports.charts import accuracy_vs_size, markdown_table  # noqa: E4
 from quantkit.reports.metrics import Scorer  # noqa: E402
 from quantkit.reports.results import BuildResult, RunReport  # noqa: E402
 from quantkit.sources import gemma3_270m_path  # noqa: E402
+from tests.integration.llamacpp import llama_quantize, write_f32_base  # noqa: E402
 
 PRESETS = ("Q2_K", "Q3_K_M", "Q4_0", "IQ4_XS", "Q4_K_M", "Q8_0")
 METHODS = ("rtn", "imatrix", "gptq")
@@ -52,33 +52,7 @@ CHUNK = 512
 
 
 def f32_base() -> Path:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from integration.llamacpp import write_f32_base
-
     return write_f32_base(gemma3_270m_path(), cache_dir("models") / "gemma-3-270m-f32.gguf")
-
-
-def llama_quantize(src: Path, dst: Path, preset: str, importance: dict[str, np.ndarray] | None, threads: int) -> None:
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.nthread = threads
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{preset}")
-    keep = []
-    if importance is not None:
-        entries = (llama_cpp.llama_model_imatrix_data * (len(importance) + 1))()
-        for i, (name, vec) in enumerate(importance.items()):
-            vec = np.ascontiguousarray(vec, np.float32).reshape(-1)
-            keep.append(vec)
-            entries[i].name = name.encode()
-            entries[i].data = vec.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-            entries[i].size = vec.size
-        entries[len(importance)].name = None
-        keep.append(entries)
-        params.imatrix = ctypes.cast(entries, type(params.imatrix))
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
-    if rc != 0:
-        raise RuntimeError(f"llama_model_quantize failed for {preset} (rc={rc})")
 
 
 def reference_logits(base: Path, chunks: np.ndarray, store: Path, threads: int):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 from pathlib import Path
 
@@ -85,3 +86,29 @@ def convert_hf(hf_dir: Path, out: Path, outtype: str = "f32") -> Path:
     if r.returncode != 0:
         raise RuntimeError(f"convert_hf_to_gguf.py failed on {hf_dir}:\n{r.stderr[-4000:]}")
     return out
+
+
+def llama_quantize(src: Path, dst: Path, preset: str, importance: dict[str, np.ndarray] | None = None,
+                   threads: int = 2) -> None:
+    """`llama_model_quantize` at a preset, optionally with an importance matrix (E[x^2] per
+    input column, by GGUF tensor name) handed over as llama.cpp's imatrix entries."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.nthread = threads
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{preset}")
+    keep = []  # the ctypes arrays must outlive the call
+    if importance is not None:
+        entries = (llama_cpp.llama_model_imatrix_data * (len(importance) + 1))()
+        for i, (name, vec) in enumerate(importance.items()):
+            vec = np.ascontiguousarray(vec, np.float32).reshape(-1)
+            keep.append(vec)
+            entries[i].name = name.encode()
+            entries[i].data = vec.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            entries[i].size = vec.size
+        entries[len(importance)].name = None
+        keep.append(entries)
+        params.imatrix = ctypes.cast(entries, type(params.imatrix))
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise RuntimeError(f"llama_model_quantize failed for {preset} (rc={rc})")

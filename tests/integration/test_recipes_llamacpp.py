@@ -14,12 +14,9 @@ Run: .venv/bin/pytest -m integration tests/integration/test_recipes_llamacpp.py 
 
 from __future__ import annotations
 
-import ctypes
-
 import numpy as np
 import pytest
 
-llama_cpp = pytest.importorskip("llama_cpp")
 
 from quantkit.calibration.capture import capture  # noqa: E402
 from quantkit.calibration.imatrix import from_stats, read_imatrix, write_imatrix  # noqa: E402
@@ -29,31 +26,13 @@ from quantkit.formats.gguf_source import GGUFSource  # noqa: E402
 from quantkit.kernels import registry  # noqa: E402
 from quantkit.recipes import like  # noqa: E402
 
+from .llamacpp import llama_quantize  # noqa: E402
+
 pytestmark = pytest.mark.integration
 
 PRESETS = ["Q2_K", "Q3_K_M", "Q3_K_S", "Q4_0", "Q4_K_M", "Q4_K_S", "Q5_K_M", "Q6_K", "Q8_0", "IQ4_XS",
            "IQ3_XXS", "IQ2_XXS"]
 NEEDS_IMATRIX = ("IQ3_XXS", "IQ2_XXS")
-
-
-def llama_quantize(src, dst, preset: str, importance: dict[str, np.ndarray] | None = None) -> None:
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.nthread = 2
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{preset}")
-    keep = []
-    if importance is not None:
-        entries = (llama_cpp.llama_model_imatrix_data * (len(importance) + 1))()
-        for i, (name, vec) in enumerate(importance.items()):
-            vec = np.ascontiguousarray(vec, np.float32).reshape(-1)
-            keep.append(vec)
-            entries[i].name = name.encode()
-            entries[i].data = vec.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-            entries[i].size = vec.size
-        entries[len(importance)].name = None
-        keep.append(entries)
-        params.imatrix = ctypes.cast(entries, type(params.imatrix))
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
-    assert rc == 0, f"llama_model_quantize failed for {preset}"
 
 
 @pytest.fixture(scope="module")
