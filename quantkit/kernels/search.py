@@ -19,9 +19,9 @@ F0 = np.float32(0.0)
 F1 = np.float32(1.0)
 
 
-@njit(cache=True, error_model="numpy")
-def make_q3_quants(n, nmax, x, L, do_rmse):
-    """ggml-quants.c make_q3_quants (Q3_K reference path)."""
+@njit(cache=True)
+def _signed_absmax(n, x):
+    """(the first element of largest magnitude, that magnitude), as ggml's searches find them."""
     mx = F0
     amax = F0
     for i in range(n):
@@ -29,6 +29,13 @@ def make_q3_quants(n, nmax, x, L, do_rmse):
         if ax > amax:
             amax = ax
             mx = x[i]
+    return mx, amax
+
+
+@njit(cache=True, error_model="numpy")
+def make_q3_quants(n, nmax, x, L, do_rmse):
+    """ggml-quants.c make_q3_quants (Q3_K reference path)."""
+    mx, amax = _signed_absmax(n, x)
     if amax < GROUP_MAX_EPS:
         for i in range(n):
             L[i] = 0
@@ -216,13 +223,7 @@ def make_qx_quants(n, nmax, x, w, L, S):
     on an earlier one (only the comparison does), so all 19 run in one pass over
     the group: trial t's sums still add their terms in element order.
     """
-    mx = F0
-    amax = F0
-    for i in range(n):
-        ax = abs(x[i])
-        if ax > amax:
-            amax = ax
-            mx = x[i]
+    mx, amax = _signed_absmax(n, x)
     if amax < GROUP_MAX_EPS:
         for i in range(n):
             L[i] = 0
