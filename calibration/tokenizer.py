@@ -86,6 +86,15 @@ def spm_merges(tokens: list[str], scores: np.ndarray, types: np.ndarray) -> list
 
 
 def from_gguf_vocab(v: GGUFVocab, where: str = "GGUF") -> TextTokenizer:
+    if not isinstance(v.tokens, list) or not all(isinstance(t, str) for t in v.tokens):
+        raise BadFile(f"{where}: tokenizer.ggml.tokens is not an array of strings")
+    for key, arr in (("scores", v.scores), ("token_type", v.token_types)):
+        if arr is not None and (not isinstance(arr, np.ndarray) or arr.shape != (len(v.tokens),)):
+            raise BadFile(f"{where}: tokenizer.ggml.{key} is not a numeric array with one entry per token ({len(v.tokens)})")
+    if v.merges is not None and (not isinstance(v.merges, list) or not all(isinstance(m, str) for m in v.merges)):
+        raise BadFile(f"{where}: tokenizer.ggml.merges is not an array of strings")
+    if not 0 <= v.bos_id < len(v.tokens):
+        raise BadFile(f"{where}: tokenizer.ggml.bos_token_id {v.bos_id} is not a token id (the vocabulary has {len(v.tokens)})")
     types = v.token_types if v.token_types is not None else np.full(len(v.tokens), TOKEN_NORMAL)
     vocab = {t: i for i, t in enumerate(v.tokens)}
     if len(vocab) != len(v.tokens):
@@ -102,7 +111,10 @@ def from_gguf_vocab(v: GGUFVocab, where: str = "GGUF") -> TextTokenizer:
     else:
         raise BadFile(f"{where}: tokenizer.ggml.model {v.model!r} needs tokenizer.ggml.merges")
     unk = next((t for i, t in enumerate(v.tokens) if types[i] == TOKEN_UNKNOWN), None)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk, byte_fallback=True, fuse_unk=False))
+    try:
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk, byte_fallback=True, fuse_unk=False))
+    except Exception as e:  # tokenizers raises a bare Exception, e.g. for a merge of unknown tokens
+        raise BadFile(f"{where}: the tokenizer.ggml.* vocabulary is inconsistent ({e})") from None
     steps = [normalizers.Replace(" ", SPM_SPACE)]
     if v.add_space_prefix:
         steps.insert(0, normalizers.Prepend(" "))

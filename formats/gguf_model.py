@@ -50,6 +50,7 @@ _FILE_TYPE = {
     "IQ4_NL": "MOSTLY_IQ4_NL", "IQ4_XS": "MOSTLY_IQ4_XS",
 }
 _FLOATS = ("F32", "F16", "BF16")
+CHUNK_VALUES = 1 << 25  # 2-D tensors larger than this (128 MB as float32) are read and quantized in row chunks
 
 
 @dataclass(frozen=True)
@@ -133,11 +134,13 @@ def write_gguf(
     provenance: Mapping[str, str] | None = None,
     progress: bool = True,
     encoded: Callable[[str], np.ndarray | None] | None = None,
+    effort: str = "exact",
 ) -> Path:
     """Write `source` as a GGUF llama.cpp runs; returns the path. See the module doc.
 
     `encoded(canonical_name)` may supply a tensor's finished ggml bytes (e.g. from GPTQ);
-    when it returns None the tensor is quantized here, with `importance` if given."""
+    when it returns None the tensor is quantized here, with `importance` if given, and
+    `effort` for the IQ2/IQ3 grid types' scale search (registry.quantize)."""
     plan = plan_gguf(source, types)
     importance = dict(importance or {})
     extra = sorted(set(importance) - set(source.infos))
@@ -156,26 +159,39 @@ def write_gguf(
             return registry.quantize("F32", rope, name=entry.name)
         if encoded is not None and (data := encoded(p.canonical)) is not None:
             return data
+        imp = None if entry.type_name in _FLOATS else importance.get(p.canonical)
+        if len(entry.shape) == 2 and entry.shape[0] * entry.shape[1] > CHUNK_VALUES:
+            return _quantize_rows(source, p.canonical, entry, imp, effort)
         a = source.get(p.canonical)
         if a.shape != entry.shape:
             a = a[: entry.shape[0]]  # embed_tokens: OOV rows trimmed
-        imp = None if entry.type_name in _FLOATS else importance.get(p.canonical)
-        return _quantize(entry, a, imp)
+        return _quantize(entry, a, imp, effort)
 
     return gguf_writer.write(Path(out_path), meta, [p.entry for p in plan], encode, progress=progress)
 
 
-def _quantize(entry: TensorEntry, a: np.ndarray, imp: np.ndarray | None) -> np.ndarray:
+def _quantize_rows(source: TensorSource, canonical: str, entry: TensorEntry, imp: np.ndarray | None, effort: str):
+    """A large 2-D tensor (the PLE table, the token embedding) read and quantized in chunks of rows: ggml blocks never
+    span rows, so the bytes equal those of the whole tensor quantized at once."""
+    rows, cols = entry.shape
+    step = max(1, CHUNK_VALUES // cols)
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        yield registry.quantize(entry.type_name, source.rows(canonical, start, stop), importance=imp,
+                                name=f"{entry.name}[{start}:{stop}]", effort=effort)
+
+
+def _quantize(entry: TensorEntry, a: np.ndarray, imp: np.ndarray | None, effort: str = "exact") -> np.ndarray:
     if imp is not None:
         imp = np.asarray(imp, np.float32)
         if a.ndim == 3 and imp.ndim == 2:  # experts: one importance row per expert
             if imp.shape != (a.shape[0], a.shape[2]):
                 raise BadInput(f"tensor {entry.name}: importance has shape {imp.shape}, expected {(a.shape[0], a.shape[2])}")
             return np.concatenate([
-                registry.quantize(entry.type_name, a[e], importance=imp[e], name=f"{entry.name}[{e}]").reshape(-1)
+                registry.quantize(entry.type_name, a[e], importance=imp[e], name=f"{entry.name}[{e}]", effort=effort).reshape(-1)
                 for e in range(a.shape[0])
             ])
-    return registry.quantize(entry.type_name, a, importance=imp, name=entry.name)
+    return registry.quantize(entry.type_name, a, importance=imp, name=entry.name, effort=effort)
 
 
 # -- rope_freqs ---------------------------------------------------------------------------------

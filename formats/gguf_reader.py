@@ -13,6 +13,7 @@ A string is u64 length + UTF-8 bytes; an array is u32 item_type + u64 count + it
 from __future__ import annotations
 
 import mmap
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,7 @@ class GGUFFile:
             self._fh = open(self.path, "rb")
             size = self.path.stat().st_size
             self._mm = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+            self._stamp = file_stamp(self._fh.fileno())
         except OSError as e:
             raise BadFile(f"{self.path}: cannot open ({e.strerror})") from e
         self.size = size
@@ -117,7 +119,8 @@ class GGUFFile:
         n_kv = self._scalar(10, "metadata count")
         # every kv needs >= 12 bytes and every tensor info >= 28: bound counts by the file size
         if n_kv * 12 + n_tensors * 28 > self.size:
-            raise BadFile(f"{self.path}: header claims {n_tensors} tensors and {n_kv} metadata keys, more than the file can hold")
+            raise BadFile(f"{self.path}: header claims {n_tensors} tensors and {n_kv} metadata keys, more than the file's "
+                          f"{self.size} bytes can hold (truncated or corrupt)")
         self.metadata: dict = {}
         self.value_types: dict[str, tuple[int, int | None]] = {}  # key -> (value type, array item type)
         for _ in range(n_kv):
@@ -179,9 +182,27 @@ class GGUFFile:
     def raw(self, name: str) -> np.ndarray:
         """The tensor's bytes as a read-only uint8 view of the mmap."""
         t = self.tensors[name]
+        check_unchanged(self.path, self._stamp, file_stamp(self._fh.fileno()))
         return np.frombuffer(self._mm, dtype=np.uint8, count=t.nbytes, offset=t.offset)
 
     def close(self) -> None:
         if isinstance(self._mm, mmap.mmap):
             self._mm.close()
         self._fh.close()
+
+
+def file_stamp(file: Path | int) -> tuple[int, int]:
+    """(size, mtime in ns) of a path or an open descriptor."""
+    try:
+        st = os.stat(file)
+    except OSError as e:
+        raise BadFile(f"{file}: cannot read ({e.strerror})") from e
+    return st.st_size, st.st_mtime_ns
+
+
+def check_unchanged(path: Path, opened: tuple[int, int], now: tuple[int, int]) -> None:
+    """A file truncated under an mmap kills the reader with SIGBUS on the next page it touches, and one
+    rewritten in place yields a build mixing two models: look before every tensor is read."""
+    if now != opened:
+        raise BadFile(f"{path}: changed on disk while quantkit was reading it ({opened[0]} bytes when opened, "
+                      f"{now[0]} now); restore the file and run again")

@@ -1,6 +1,7 @@
 """A streaming GGUF writer: the header, metadata and tensor infos go out first
 (every tensor's size is known from its planned type), then the tensor data one
-tensor at a time, so peak memory is about one encoded tensor.
+tensor at a time (the largest in chunks of rows), so peak memory is about one
+encoded tensor or chunk.
 
 Layout (GGUF v3, little-endian; the same one formats.gguf_reader parses):
     magic | u32 version | u64 n_tensors | u64 n_kv | kv pairs | tensor infos
@@ -163,8 +164,9 @@ def write(
     encode: Callable[[TensorEntry], np.ndarray | bytes],
     progress: bool = False,
 ) -> Path:
-    """Write a GGUF file at `path`. `encode(entry)` returns that tensor's bytes
-    (exactly `entry.nbytes`); it is called once per tensor, in order."""
+    """Write a GGUF file at `path`. `encode(entry)` returns that tensor's bytes (exactly
+    `entry.nbytes`), as one array or an iterable of consecutive chunks (a tensor too large to
+    hold at once); it is called once per tensor, in order."""
     path = Path(path)
     alignment = _alignment(metadata)
     header, offsets, total = layout(metadata, tensors)
@@ -178,14 +180,22 @@ def write(
             try:
                 for t in tensors:
                     data = encode(t)
-                    buf = memoryview(np.ascontiguousarray(np.frombuffer(data, np.uint8) if isinstance(data, bytes) else data)).cast("B")
-                    if buf.nbytes != t.nbytes:
-                        raise BadInput(f"tensor {t.name!r}: encoder returned {buf.nbytes} bytes, the plan says {t.nbytes} ({t.type_name} {t.shape})")
-                    digests.append(hashlib.sha256(buf).digest())
-                    f.write(buf)
+                    chunks = [data] if isinstance(data, (bytes, np.ndarray)) else data
+                    digest, written = hashlib.sha256(), 0
+                    for chunk in chunks:
+                        buf = memoryview(np.ascontiguousarray(np.frombuffer(chunk, np.uint8) if isinstance(chunk, bytes) else chunk)).cast("B")
+                        written += buf.nbytes
+                        if written > t.nbytes:
+                            break
+                        digest.update(buf)
+                        f.write(buf)
+                        bar.update(buf.nbytes)
+                        del chunk, buf
+                    if written != t.nbytes:
+                        raise BadInput(f"tensor {t.name!r}: encoder returned {written} bytes, the plan says {t.nbytes} ({t.type_name} {t.shape})")
+                    digests.append(digest.digest())
                     f.write(b"\0" * (_pad(t.nbytes, alignment) - t.nbytes))
-                    del data, buf
-                    bar.update(t.nbytes)
+                    del data, chunks
             finally:
                 bar.close()
             f.flush()

@@ -3,24 +3,26 @@
 Accepts `Gemma4ForConditionalGeneration` (the multimodal release: `text_config`,
 text tensors under `model.language_model.*`, vision/audio towers skipped),
 `Gemma4ForCausalLM` and `Gemma3ForCausalLM`; one `model.safetensors` or shards
-listed in `model.safetensors.index.json`; bf16, fp16 or fp32. Tensors are read
-lazily through safetensors' mmap, one at a time.
+listed in `model.safetensors.index.json`; bf16, fp16 or fp32. Tensors (or runs of rows of
+them) are read lazily with pread, one at a time; safetensors validates the headers.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import struct
 from pathlib import Path
 
 import numpy as np
-import torch
 from safetensors import safe_open
 
 from quantkit.calibration.tokenizer import TextTokenizer, from_tokenizer_json
 from quantkit.errors import BadConfig, BadFile
 from quantkit.formats import names
+from quantkit.formats.gguf_reader import check_unchanged, file_stamp
 from quantkit.formats.source import TensorInfo, TensorSource
-from quantkit.models.spec import ModelSpec, spec_from_hf_config
+from quantkit.models.spec import ModelSpec, spec_from_hf_config, tensor_shapes
 
 TEXT_PREFIXES = ("model.language_model.", "model.")
 SKIPPED_PREFIXES = ("model.vision_tower.", "model.audio_tower.", "model.embed_vision.", "model.embed_audio.", "lm_head.")
@@ -41,7 +43,8 @@ def shard_map(directory: Path) -> dict[str, Path]:
     """File tensor name -> shard path, from the index or the single file."""
     index = directory / "model.safetensors.index.json"
     if index.exists():
-        wm = read_json(index).get("weight_map")
+        idx = read_json(index)
+        wm = idx.get("weight_map") if isinstance(idx, dict) else None
         if not isinstance(wm, dict) or not wm:
             raise BadFile(f"{index}: 'weight_map' is missing or empty")
         out = {}
@@ -70,9 +73,12 @@ class HFSource(TensorSource):
         self.config = read_json(self.path / "config.json")
         self.spec: ModelSpec = spec_from_hf_config(self.config, str(self.path / "config.json"))
         self._handles = {}
+        self._layouts = {}
+        self._stamps = {}
         self._file_names = {}
         self.infos = {}
         self.skipped = {"towers": 0, "unused shared-layer K/V": 0}
+        implied = tensor_shapes(self.spec)
         for file_name, shard in shard_map(self.path).items():
             canon = _canonical(file_name)
             if canon is None:
@@ -86,28 +92,68 @@ class HFSource(TensorSource):
                 self.skipped["unused shared-layer K/V"] += 1
                 continue
             h = self._handle(shard)
-            sl = h.get_slice(file_name)
+            try:
+                sl = h.get_slice(file_name)
+            except Exception:  # SafetensorError: the index names a tensor the shard lacks
+                raise BadFile(f"{shard}: tensor {file_name!r} is not in this shard, though "
+                              f"model.safetensors.index.json puts it there") from None
             dtype = sl.get_dtype()
             if dtype not in DTYPES:
                 raise BadFile(f"{shard}: tensor {file_name!r} has dtype {dtype}; expected BF16, F16 or F32")
             shape = tuple(int(d) for d in sl.get_shape())
+            if canon in implied and shape != implied[canon]:
+                raise BadConfig(f"{shard}: tensor {file_name!r} has shape {shape}; config.json implies {implied[canon]}")
             self.infos[canon] = TensorInfo(canon, shape, dtype, int(np.prod(shape)) * DTYPES[dtype], file_name)
             self._file_names[canon] = shard
         self.arch = self.spec.arch
 
     def _handle(self, shard: Path):
         if shard not in self._handles:
+            self._stamps[shard] = file_stamp(shard)
             self._handles[shard] = _open(shard)
+        else:
+            check_unchanged(shard, self._stamps[shard], file_stamp(shard))
         return self._handles[shard]
 
+    def _read_rows(self, info: TensorInfo, start: int, stop: int) -> np.ndarray:
+        return self._pread(info, start, stop)
+
     def _read(self, info: TensorInfo) -> np.ndarray:
-        t = self._handle(self._file_names[info.name]).get_tensor(info.file_name)
-        if tuple(t.shape) != info.shape:
-            raise BadFile(f"{self._file_names[info.name]}: tensor {info.file_name!r} changed while reading")
-        a = t.to(torch.float32).numpy()
+        a = self._pread(info, 0, info.shape[0] if info.shape else 1).reshape(info.shape)
         if self.spec.arch == "gemma3" and names.is_norm(info.name):
             a = a + np.float32(1.0)  # Gemma 3 computes x * (1 + w); store the effective multiplier
         return a
+
+    def _pread(self, info: TensorInfo, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) as float32, read with pread rather than through an mmap: pages of a mapped
+        multi-GB checkpoint would count towards the process's resident memory as the run touches them."""
+        shard = self._file_names[info.name]
+        self._handle(shard)  # notices a shard replaced or changed since the run began
+        data_start, entries = self._layout(shard)
+        dtype, shape, (begin, end) = entries[info.file_name]
+        if tuple(shape) != info.shape:
+            raise BadFile(f"{shard}: tensor {info.file_name!r} changed while reading")
+        row = DTYPES[dtype] * (int(np.prod(shape[1:])) if len(shape) > 1 else 1)
+        n = (stop - start) * row
+        with open(shard, "rb") as f:
+            raw = os.pread(f.fileno(), n, data_start + begin + start * row)
+        if len(raw) != n:
+            raise BadFile(f"{shard}: tensor {info.file_name!r} is cut short (the file ends inside it)")
+        out_shape = (stop - start, *shape[1:]) if shape else ()
+        if dtype == "BF16":  # bfloat16 is the top half of a float32
+            return (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32).reshape(out_shape)
+        return np.frombuffer(raw, "<f2" if dtype == "F16" else "<f4").astype(np.float32).reshape(out_shape)
+
+    def _layout(self, shard: Path) -> tuple[int, dict]:
+        """(start of the data section, name -> (dtype, shape, data_offsets)) from the shard's header,
+        which safe_open has already validated."""
+        if shard not in self._layouts:
+            with open(shard, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n))
+            self._layouts[shard] = (8 + n, {k: (v["dtype"], v["shape"], v["data_offsets"])
+                                            for k, v in header.items() if k != "__metadata__"})
+        return self._layouts[shard]
 
     def tokenizer(self) -> TextTokenizer:
         path = self.path / "tokenizer.json"

@@ -44,14 +44,39 @@ class TensorSource(ABC):
     def get(self, name: str) -> np.ndarray:
         """The tensor as float32 (dequantized / upcast), shape `info(name).shape`."""
         info = self.info(name)
-        a = self._read(info)
-        if not np.all(np.isfinite(a)):
-            bad = np.argwhere(~np.isfinite(a))[0]
-            raise BadInput(f"{self.path}: tensor {info.file_name!r} has a non-finite value at index {tuple(int(i) for i in bad)}")
-        return a
+        return self._finite(info, self._read(info), 0)
+
+    def rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of a 2-D tensor as float32, reading only those rows from the file
+        (the Gemma 4 PLE table is billions of values: it is never loaded whole)."""
+        info = self.info(name)
+        if len(info.shape) != 2 or not 0 <= start <= stop <= info.shape[0]:
+            raise ValueError(f"rows {start}:{stop} of {name} {info.shape}")
+        return self._finite(info, self._read_rows(info, start, stop), start)
+
+    def take(self, name: str, ids: np.ndarray) -> np.ndarray:
+        """Rows `ids` (any order, repeats allowed) of a 2-D tensor: an embedding lookup that reads
+        each run of consecutive distinct rows once."""
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        uniq, inverse = np.unique(ids, return_inverse=True)
+        if uniq.size == 0:
+            return np.zeros((0, self.info(name).shape[1]), np.float32)
+        breaks = np.flatnonzero(np.diff(uniq) != 1) + 1
+        parts = [self.rows(name, int(run[0]), int(run[-1]) + 1) for run in np.split(uniq, breaks)]
+        return np.concatenate(parts)[inverse]
 
     def __call__(self, name: str) -> np.ndarray:  # usable as a Gemma WeightGetter
         return self.get(name)
+
+    def _read_rows(self, info: TensorInfo, start: int, stop: int) -> np.ndarray:
+        return self._read(info)[start:stop]  # sources that can seek override this
+
+    def _finite(self, info: TensorInfo, a: np.ndarray, row0: int) -> np.ndarray:
+        if not np.all(np.isfinite(a)):
+            bad = np.argwhere(~np.isfinite(a))[0]
+            at = (int(bad[0]) + row0, *(int(i) for i in bad[1:]))
+            raise BadInput(f"{self.path}: tensor {info.file_name!r} has a non-finite value at index {at}")
+        return a
 
     @abstractmethod
     def _read(self, info: TensorInfo) -> np.ndarray: ...

@@ -279,14 +279,15 @@ def rtn(w: np.ndarray, type_name: str) -> Quantized:
     return Quantized(registry.get(type_name).name, data, registry.dequantize(type_name, data, np.shape(w)))
 
 
-def imatrix(w: np.ndarray, type_name: str, importance: np.ndarray) -> Quantized:
-    data = registry.quantize(type_name, w, importance)
+def imatrix(w: np.ndarray, type_name: str, importance: np.ndarray, effort: str = "exact") -> Quantized:
+    data = registry.quantize(type_name, w, importance, effort=effort)
     return Quantized(registry.get(type_name).name, data, registry.dequantize(type_name, data, np.shape(w)))
 
 
 def quantize_tensor(method: str, w: np.ndarray, type_name: str, stats: LinearStats | None = None, *,
-                    damp: float = 0.01, act_order: bool = False) -> Quantized:
-    """Quantize a 2-D weight, or a 3-D expert stack expert by expert (per-expert statistics), with `method`."""
+                    damp: float = 0.01, act_order: bool = False, effort: str = "exact") -> Quantized:
+    """Quantize a 2-D weight, or a 3-D expert stack expert by expert (per-expert statistics), with `method`.
+    `effort` is the IQ2/IQ3 grid types' scale search (registry.quantize)."""
     w = np.asarray(w, np.float32)
     if method not in METHODS:
         raise BadInput(f"method {method!r} is not one of {', '.join(METHODS)}")
@@ -296,12 +297,12 @@ def quantize_tensor(method: str, w: np.ndarray, type_name: str, stats: LinearSta
         raise BadInput(f"method gptq needs the Hessian of {stats.name} (capture with hessian=True)")
     if w.ndim == 3:
         parts = [quantize_tensor(method, w[e], type_name, _expert(stats, e) if stats else None, damp=damp,
-                                 act_order=act_order) for e in range(w.shape[0])]
+                                 act_order=act_order, effort=effort) for e in range(w.shape[0])]
         return Quantized(parts[0].type, np.stack([p.data for p in parts]), np.stack([p.values for p in parts]))
     if method == "rtn":
         return rtn(w, type_name)
     if method == "imatrix":
-        return imatrix(w, type_name, stats.mean_x2())
+        return imatrix(w, type_name, stats.mean_x2(), effort)
     return gptq(w, type_name, stats.hessian, damp=damp, act_order=act_order)
 
 
@@ -314,3 +315,25 @@ def output_error(w: np.ndarray, q: np.ndarray, hessian: np.ndarray) -> float:
     """||(W - Q) X||_F^2 = tr((W - Q) H (W - Q)^T) with H = X^T X."""
     d = np.asarray(q, np.float64) - np.asarray(w, np.float64)
     return float(((d @ np.asarray(hessian, np.float64)) * d).sum())
+
+
+def quantize_group_tensor(method: str, w: np.ndarray, bits: int, group_size: int, symmetric: bool = True,
+                          stats: LinearStats | None = None, *, scale_dtype: str = "float32", damp: float = 0.01,
+                          act_order: bool = False) -> group.GroupQuant:
+    """quantize_tensor for the int group format of kernels/group.py (compressed-tensors builds), 2-D weights:
+    rtn = the clipping search with uniform importance, imatrix = the search weighted by E[x^2], gptq = gptq_group
+    with the captured Hessian. Scales are rounded to `scale_dtype`, the dtype they are stored in."""
+    w = np.asarray(w, np.float32)
+    if method not in METHODS:
+        raise BadInput(f"method {method!r} is not one of {', '.join(METHODS)}")
+    if method != "rtn" and stats is None:
+        raise BadInput(f"method {method} needs calibration statistics")
+    if method == "rtn":
+        return group.group_quantize(w, bits, group_size, symmetric, scale_dtype=scale_dtype)
+    if method == "imatrix":
+        return group.group_quantize(w, bits, group_size, symmetric, importance=stats.mean_x2(), scale_dtype=scale_dtype,
+                                    name=stats.name)
+    if stats.hessian is None:
+        raise BadInput(f"method gptq needs the Hessian of {stats.name} (capture with hessian=True)")
+    return gptq_group(w, bits, group_size, stats.hessian, symmetric=symmetric, damp=damp, act_order=act_order,
+                      scale_dtype=scale_dtype)

@@ -60,7 +60,7 @@ def test_bad_version(small_gguf, tmp_path):
 
 
 def test_huge_counts(small_gguf, tmp_path):
-    with pytest.raises(BadFile, match="more than the file can hold"):
+    with pytest.raises(BadFile, match=r"1099511627776 tensors .* more than the file.s \d+ bytes can hold"):
         GGUFFile(_corrupt(small_gguf, tmp_path / "x.gguf", 8, struct.pack("<Q", 1 << 40)))
 
 

@@ -42,6 +42,11 @@ GROUP_MAX_EPS = np.float32(1e-15)
 GROUP_MAX_EPS_IQ3_XXS = np.float32(1e-8)
 
 BYTES = {"IQ2_XXS": 66, "IQ2_XS": 74, "IQ3_XXS": 98}
+# Each group's scale search tries inverse scales (2 kMaxQ - 1 + s * step) / max for s in [lo, hi]
+# (quantize_row_iq2_xxs_impl and siblings). effort="exact" tries every s, as llama.cpp does;
+# effort="fast" tries s in {lo/2, 0, hi/2}: each trial costs a grid-neighbour search per group,
+# so this is about 4x (IQ2_XXS) to 10x (IQ3_XXS) faster for a small rise in error (benches/kernels.py).
+SCALE_TRIALS = {"IQ2_XXS": (-6, 6), "IQ2_XS": (-9, 9), "IQ3_XXS": (-15, 15)}
 
 
 class GridError(RuntimeError):
@@ -109,7 +114,8 @@ def _u_of(L, base, n, bits):
 
 
 @njit(cache=True)
-def _iq2_xxs_block(x, qw, o, pos, kmap, nb_off, nb_list, scales, weight, xval, L, Laux, waux, Lq, block_signs, q2):
+def _iq2_xxs_block(x, qw, o, pos, kmap, nb_off, nb_list, scales, weight, xval, L, Laux, waux, Lq, block_signs, q2,
+                   trials):
     kMaxQ = 3
     put_f16(o, 0, F0)
     for k in range(16):
@@ -144,7 +150,7 @@ def _iq2_xxs_block(x, qw, o, pos, kmap, nb_off, nb_list, scales, weight, xval, L
                 L[i] = 0
             continue
         best = F0
-        for is_ in range(-6, 7):
+        for is_ in trials:
             idv = (np.float32(2 * kMaxQ - 1) + np.float32(is_) * np.float32(0.1)) / eff_max
             this_scale = F1 / idv
             for k in range(4):
@@ -219,7 +225,7 @@ def _iq2_xxs_block(x, qw, o, pos, kmap, nb_off, nb_list, scales, weight, xval, L
 
 
 @njit(parallel=True, cache=True)
-def _encode_iq2_xxs_rows(x, qw, pos, kmap, nb_off, nb_list, out, ok):
+def _encode_iq2_xxs_rows(x, qw, pos, kmap, nb_off, nb_list, out, ok, trials):
     rows, cols = x.shape
     nb = cols // QK_K
     total = rows * nb
@@ -239,7 +245,7 @@ def _encode_iq2_xxs_rows(x, qw, pos, kmap, nb_off, nb_list, out, ok):
             b = t % nb
             if not _iq2_xxs_block(x[r, b * QK_K:(b + 1) * QK_K], qw[b * QK_K:(b + 1) * QK_K],
                                   out[r, b * 66:(b + 1) * 66], pos, kmap, nb_off, nb_list,
-                                  scales, weight, xval, L, Laux, waux, Lq, block_signs, q2):
+                                  scales, weight, xval, L, Laux, waux, Lq, block_signs, q2, trials):
                 ok[0] = False
 
 
@@ -247,7 +253,7 @@ def _encode_iq2_xxs_rows(x, qw, pos, kmap, nb_off, nb_list, out, ok):
 
 
 @njit(cache=True)
-def _iq2_xs_block(x, qw, o, pos, kmap, nb_off, nb_list, scales, weight, xval, L, Laux, waux, block_signs, q2):
+def _iq2_xs_block(x, qw, o, pos, kmap, nb_off, nb_list, scales, weight, xval, L, Laux, waux, block_signs, q2, trials):
     kMaxQ = 3
     put_f16(o, 0, F0)
     for k in range(32):
@@ -280,7 +286,7 @@ def _iq2_xs_block(x, qw, o, pos, kmap, nb_off, nb_list, scales, weight, xval, L,
         scale = mx / np.float32(2 * kMaxQ - 1)
         is_on_grid[0] = True
         is_on_grid[1] = True
-        for is_ in range(-9, 10):
+        for is_ in trials:
             idv = (np.float32(2 * kMaxQ - 1) + np.float32(is_) * np.float32(0.1)) / mx
             this_scale = F1 / idv
             for k in range(2):
@@ -365,7 +371,7 @@ def _iq2_xs_block(x, qw, o, pos, kmap, nb_off, nb_list, scales, weight, xval, L,
 
 
 @njit(parallel=True, cache=True)
-def _encode_iq2_xs_rows(x, qw, pos, kmap, nb_off, nb_list, out, ok):
+def _encode_iq2_xs_rows(x, qw, pos, kmap, nb_off, nb_list, out, ok, trials):
     rows, cols = x.shape
     nb = cols // QK_K
     total = rows * nb
@@ -384,7 +390,7 @@ def _encode_iq2_xs_rows(x, qw, pos, kmap, nb_off, nb_list, out, ok):
             b = t % nb
             if not _iq2_xs_block(x[r, b * QK_K:(b + 1) * QK_K], qw[b * QK_K:(b + 1) * QK_K],
                                  out[r, b * 74:(b + 1) * 74], pos, kmap, nb_off, nb_list,
-                                 scales, weight, xval, L, Laux, waux, block_signs, q2):
+                                 scales, weight, xval, L, Laux, waux, block_signs, q2, trials):
                 ok[0] = False
 
 
@@ -393,7 +399,7 @@ def _encode_iq2_xs_rows(x, qw, pos, kmap, nb_off, nb_list, out, ok):
 
 @njit(cache=True)
 def _iq3_xxs_block(x, qw, use_qw, o, pos, kmap, nb_off, nb_list, scales, weight, xval, L, Laux, waux,
-                   block_signs, q3, sas):
+                   block_signs, q3, sas, trials):
     kMaxQ = 8
     put_f16(o, 0, F0)
     for k in range(64):
@@ -430,7 +436,7 @@ def _iq3_xxs_block(x, qw, use_qw, o, pos, kmap, nb_off, nb_list, scales, weight,
         scale = mx / np.float32(2 * kMaxQ - 1)
         for k in range(8):
             is_on_grid[k] = True
-        for is_ in range(-15, 16):
+        for is_ in trials:
             idv = (np.float32(2 * kMaxQ - 1) + np.float32(is_) * np.float32(0.2)) / mx
             this_scale = F1 / idv
             for k in range(8):
@@ -517,7 +523,7 @@ def _iq3_xxs_block(x, qw, use_qw, o, pos, kmap, nb_off, nb_list, scales, weight,
 
 
 @njit(parallel=True, cache=True)
-def _encode_iq3_xxs_rows(x, qw, use_qw, pos, kmap, nb_off, nb_list, out, ok):
+def _encode_iq3_xxs_rows(x, qw, use_qw, pos, kmap, nb_off, nb_list, out, ok, trials):
     rows, cols = x.shape
     nb = cols // QK_K
     total = rows * nb
@@ -537,7 +543,7 @@ def _encode_iq3_xxs_rows(x, qw, use_qw, pos, kmap, nb_off, nb_list, out, ok):
             b = t % nb
             if not _iq3_xxs_block(x[r, b * QK_K:(b + 1) * QK_K], qw[b * QK_K:(b + 1) * QK_K] if use_qw else qw,
                                   use_qw, out[r, b * 98:(b + 1) * 98], pos, kmap, nb_off, nb_list,
-                                  scales, weight, xval, L, Laux, waux, block_signs, q3, sas):
+                                  scales, weight, xval, L, Laux, waux, block_signs, q3, sas, trials):
                 ok[0] = False
 
 
@@ -622,34 +628,44 @@ def _check(ok, name):
         raise GridError(f"{name}: found a point not on the grid (llama.cpp aborts here too)")
 
 
-def encode_iq2_xxs(x, qw=None):
+def _trials(type_name: str, effort: str) -> np.ndarray:
+    lo, hi = SCALE_TRIALS[type_name]
+    if effort == "exact":
+        return np.arange(lo, hi + 1, dtype=np.int64)
+    if effort == "fast":
+        return np.array([lo // 2, 0, hi // 2], np.int64)
+    raise ValueError(f"effort {effort!r}: expected 'exact' or 'fast'")
+
+
+def encode_iq2_xxs(x, qw=None, effort="exact"):
     if qw is None:
         raise ValueError("IQ2_XXS needs importance weights")
     g = iq2xxs_grid()
     out = np.zeros((x.shape[0], x.shape[1] // QK_K * 66), np.uint8)
     ok = np.ones(1, np.bool_)
-    _encode_iq2_xxs_rows(x, qw, g.pos, g.kmap, g.nb_off, g.nb_list, out, ok)
+    _encode_iq2_xxs_rows(x, qw, g.pos, g.kmap, g.nb_off, g.nb_list, out, ok, _trials("IQ2_XXS", effort))
     _check(ok, "IQ2_XXS")
     return out
 
 
-def encode_iq2_xs(x, qw=None):
+def encode_iq2_xs(x, qw=None, effort="exact"):
     if qw is None:
         raise ValueError("IQ2_XS needs importance weights")
     g = iq2xs_grid()
     out = np.zeros((x.shape[0], x.shape[1] // QK_K * 74), np.uint8)
     ok = np.ones(1, np.bool_)
-    _encode_iq2_xs_rows(x, qw, g.pos, g.kmap, g.nb_off, g.nb_list, out, ok)
+    _encode_iq2_xs_rows(x, qw, g.pos, g.kmap, g.nb_off, g.nb_list, out, ok, _trials("IQ2_XS", effort))
     _check(ok, "IQ2_XS")
     return out
 
 
-def encode_iq3_xxs(x, qw=None):
+def encode_iq3_xxs(x, qw=None, effort="exact"):
     g = iq3xxs_grid()
     out = np.zeros((x.shape[0], x.shape[1] // QK_K * 98), np.uint8)
     ok = np.ones(1, np.bool_)
     use = qw is not None
-    _encode_iq3_xxs_rows(x, qw if use else np.zeros(1, np.float32), use, g.pos, g.kmap, g.nb_off, g.nb_list, out, ok)
+    _encode_iq3_xxs_rows(x, qw if use else np.zeros(1, np.float32), use, g.pos, g.kmap, g.nb_off, g.nb_list, out, ok,
+                         _trials("IQ3_XXS", effort))
     _check(ok, "IQ3_XXS")
     return out
 

@@ -45,6 +45,7 @@ class BlockType:
     decode: Decoder  # (uint8 [rows, row_bytes], cols) -> float32 [rows, cols]
     needs_imatrix: bool
     fallback: str | None  # llama.cpp's type for rows that are not a multiple of block_size
+    has_effort: bool = False  # the encoder takes effort="exact" | "fast" (the IQ2/IQ3 grid scale search)
 
     def row_nbytes(self, cols: int) -> int:
         return cols // self.block_size * self.bytes_per_block
@@ -61,6 +62,7 @@ def _bt(name, block_size, nbytes, enc, dec, needs_imatrix=False, fallback=None):
         decode=dec,
         needs_imatrix=needs_imatrix,
         fallback=fallback,
+        has_effort=name in iquants.SCALE_TRIALS,
     )
 
 
@@ -167,7 +169,7 @@ def _as_rows(array: np.ndarray) -> np.ndarray:
 
 
 def quantize(type_name: str, array2d: np.ndarray, importance: np.ndarray | None = None,
-             name: str = "tensor") -> np.ndarray:
+             name: str = "tensor", effort: str = "exact") -> np.ndarray:
     """Encode rows of ``array2d`` as ``type_name`` blocks -> uint8 [rows, row_bytes].
 
     Without ``importance`` the bytes equal llama.cpp's quantizer output for the
@@ -175,6 +177,8 @@ def quantize(type_name: str, array2d: np.ndarray, importance: np.ndarray | None 
     imatrix-weighted search of the matching ``quantize_row_*_impl``.
     Raises BadInput for unknown types, rows that do not fit the block size,
     NaN/Inf weights or importance, and missing importance for IQ2/IQ3 types.
+    ``effort="fast"`` shortens the IQ2/IQ3 grid types' scale search (iquants.SCALE_TRIALS):
+    still valid blocks of the same type, no longer llama.cpp's bytes.
     """
     bt = get(type_name)
     x = _as_rows(array2d)
@@ -201,7 +205,7 @@ def quantize(type_name: str, array2d: np.ndarray, importance: np.ndarray | None 
         raise BadInput(f"tensor {name}: type {bt.name} needs importance weights (an imatrix)")
     if rows == 0 or cols == 0:
         return np.zeros((rows, bt.row_nbytes(cols)), np.uint8)
-    out = bt.encode(x, qw)
+    out = bt.encode(x, qw, effort=effort) if bt.has_effort else bt.encode(x, qw)
     return out.reshape(rows, bt.row_nbytes(cols))
 
 

@@ -190,6 +190,10 @@ class Gemma:
     def _rows(self, name: str, ids: torch.Tensor) -> torch.Tensor:
         """Embedding lookup that converts only the rows it needs (the PLE table is billions of values)."""
         table = self._cache.get(f"{self.dtype}:{name}")
+        if table is None and hasattr(self.weights, "take"):  # a TensorSource reads just these rows
+            flat = np.asarray(ids.reshape(-1).cpu())
+            rows = _as_tensor(self.weights.take(name, flat)).to(device=self.device, dtype=self.dtype)
+            return rows.reshape(*ids.shape, rows.shape[-1])
         if table is None:
             table = self._raw(name)
         return table[ids.to(table.device)].to(device=self.device, dtype=self.dtype)

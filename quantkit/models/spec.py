@@ -13,11 +13,14 @@ weight for both architectures.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 from quantkit.errors import BadConfig, UnsupportedModel
 
 ARCHES = ("gemma3", "gemma4")
+LAYER_TYPES = ("sliding_attention", "full_attention")
+MAX_LAYERS = 1024  # bounds per-layer lists before they are built (the largest Gemma has 62 layers)
 
 
 @dataclass(frozen=True)
@@ -66,17 +69,28 @@ class ModelSpec:
         return self.layers[i].kv_source is not None
 
 
-def _require(cfg: dict, key: str, where: str):
-    if key not in cfg or cfg[key] is None:
-        raise BadConfig(f"{where}: missing required key {key!r}")
-    return cfg[key]
+def config_number(v, key: str, where: str, kind: type = int, minimum: float | None = 1, maximum: float | None = None):
+    """A config or metadata value checked to be a number of `kind` (an integral float counts as an
+    integer) in [minimum, maximum]."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or (kind is int and not float(v).is_integer()):
+        raise BadConfig(f"{where}: {key} is {v!r}; expected {'an integer' if kind is int else 'a number'}")
+    v = kind(v)
+    if minimum is not None and v < minimum:
+        raise BadConfig(f"{where}: {key} is {v}; expected {'a positive integer' if minimum == 1 else f'at least {minimum}'}")
+    if maximum is not None and v > maximum:
+        raise BadConfig(f"{where}: {key} is {v}; expected at most {maximum}")
+    return v
 
 
 def text_config_of(config: dict, where: str = "config.json") -> tuple[str, dict]:
     """Return (arch, text config dict) for a HF config.json of a supported Gemma."""
+    if not isinstance(config, dict):
+        raise BadConfig(f"{where}: expected a JSON object, found {type(config).__name__}")
+    if not isinstance(config.get("text_config") or {}, dict):
+        raise BadConfig(f"{where}: text_config is {config['text_config']!r}; expected a JSON object")
     archs = config.get("architectures") or []
     model_type = config.get("model_type", "")
-    if "text_config" in config and (model_type in ("gemma4", "gemma3") or any("ConditionalGeneration" in a for a in archs)):
+    if config.get("text_config") and (model_type in ("gemma4", "gemma3") or any("ConditionalGeneration" in a for a in archs)):
         text = dict(config["text_config"])
         model_type = text.get("model_type", model_type)
     else:
@@ -106,17 +120,38 @@ def kv_sources(layer_types: list[str], n_shared: int) -> list[int | None]:
 
 
 def spec_from_hf_config(config: dict, where: str = "config.json") -> ModelSpec:
+    """Field by field: a missing, mistyped or out-of-range value is a BadConfig naming the key."""
+    try:
+        return _spec_from_hf_config(config, where)
+    except (TypeError, ValueError, AttributeError, LookupError, ArithmeticError) as e:  # a nested field of the wrong shape
+        raise BadConfig(f"{where}: unexpected value in the config ({type(e).__name__}: {e})") from e
+
+
+def _spec_from_hf_config(config: dict, where: str) -> ModelSpec:
     arch, t = text_config_of(config, where)
-    get = lambda k: _require(t, k, where)  # noqa: E731
-    n_layers = int(get("num_hidden_layers"))
-    hidden = int(get("hidden_size"))
-    n_heads = int(get("num_attention_heads"))
-    head_dim = int(t.get("head_dim") or hidden // n_heads)
-    n_kv = int(t.get("num_key_value_heads") or n_heads)
-    ffn = int(get("intermediate_size"))
-    eps = float(t.get("rms_norm_eps", 1e-6))
-    window = int(t.get("sliding_window") or 4096)
-    layer_types = list(t.get("layer_types") or [])
+    prefix = "" if t is config else "text_config."
+
+    def num(key, default=None, kind=int, minimum=1, maximum=None):
+        if t.get(key) is None:
+            if default is None:
+                raise BadConfig(f"{where}: missing required key {prefix + key!r}")
+            return default
+        return config_number(t[key], prefix + key, where, kind, minimum, maximum)
+
+    n_layers = num("num_hidden_layers", maximum=MAX_LAYERS)
+    hidden = num("hidden_size")
+    n_heads = num("num_attention_heads")
+    head_dim = num("head_dim", hidden // n_heads)
+    n_kv = num("num_key_value_heads", n_heads)
+    ffn = num("intermediate_size")
+    eps = num("rms_norm_eps", 1e-6, float, None)
+    window = num("sliding_window", 4096)
+    layer_types = t.get("layer_types") or []
+    if not isinstance(layer_types, list):
+        raise BadConfig(f"{where}: {prefix}layer_types is {layer_types!r}; expected a list of {' / '.join(LAYER_TYPES)}")
+    if bad := [lt for lt in layer_types if lt not in LAYER_TYPES]:
+        raise BadConfig(f"{where}: {prefix}layer_types holds {bad[0]!r}; expected {' / '.join(LAYER_TYPES)}")
+    layer_types = list(layer_types)
     if arch == "gemma3":
         if not layer_types:
             pattern = int(t.get("sliding_window_pattern", 6))
@@ -145,7 +180,7 @@ def spec_from_hf_config(config: dict, where: str = "config.json") -> ModelSpec:
         if t.get("attn_logit_softcapping"):
             raise UnsupportedModel(f"{where}: attn_logit_softcapping is not supported")
         return ModelSpec(
-            arch=arch, vocab_size=int(get("vocab_size")), hidden_size=hidden, n_heads=n_heads, layers=layers,
+            arch=arch, vocab_size=num("vocab_size"), hidden_size=hidden, n_heads=n_heads, layers=layers,
             rms_eps=eps, sliding_window=window, attn_scale=qpas**-0.5,
             final_logit_softcap=t.get("final_logit_softcapping"),
             context_length=int(t.get("max_position_embeddings", 32768)),
@@ -170,7 +205,7 @@ def spec_from_hf_config(config: dict, where: str = "config.json") -> ModelSpec:
     rope = t.get("rope_parameters") or {}
     r_slide = rope.get("sliding_attention", {"rope_theta": 1e4})
     r_full = rope.get("full_attention", {"rope_theta": 1e6, "partial_rotary_factor": 0.25, "rope_type": "proportional"})
-    n_shared = int(t.get("num_kv_shared_layers") or 0)
+    n_shared = num("num_kv_shared_layers", 0, minimum=0)
     sources = kv_sources(layer_types, n_shared)
     double = bool(t.get("use_double_wide_mlp", False))
     layers = []
@@ -191,17 +226,17 @@ def spec_from_hf_config(config: dict, where: str = "config.json") -> ModelSpec:
                 k_eq_v=k_eq_v and not sliding,
             )
         )
-    ple = int(t.get("hidden_size_per_layer_input") or 0)
+    ple = num("hidden_size_per_layer_input", 0, minimum=0)
     moe = bool(t.get("enable_moe_block", False))
     return ModelSpec(
-        arch=arch, vocab_size=int(get("vocab_size")), hidden_size=hidden, n_heads=n_heads, layers=tuple(layers),
+        arch=arch, vocab_size=num("vocab_size"), hidden_size=hidden, n_heads=n_heads, layers=tuple(layers),
         rms_eps=eps, sliding_window=window, attn_scale=1.0,
         final_logit_softcap=t.get("final_logit_softcapping"),
         context_length=int(t.get("max_position_embeddings", 131072)),
-        ple_dim=ple, ple_vocab=int(t.get("vocab_size_per_layer_input") or 0) if ple else 0,
-        n_experts=int(t.get("num_experts") or 0) if moe else 0,
-        top_k=int(t.get("top_k_experts") or 0) if moe else 0,
-        expert_ffn_dim=int(t.get("moe_intermediate_size") or 0) if moe else 0,
+        ple_dim=ple, ple_vocab=num("vocab_size_per_layer_input") if ple else 0,
+        n_experts=num("num_experts") if moe else 0,
+        top_k=num("top_k_experts") if moe else 0,
+        expert_ffn_dim=num("moe_intermediate_size") if moe else 0,
         bos_token_id=int(t.get("bos_token_id", 2) or 2), eos_token_id=_first(t.get("eos_token_id", 1)),
     )
 
