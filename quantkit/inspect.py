@@ -100,7 +100,36 @@ def inspect_gguf(path: Path) -> Inventory:
     return inv
 
 
+_CT_PARTS = (".weight_packed", ".weight_scale", ".weight_zero_point", ".weight_shape", ".weight_g_idx")
+_WIDTH = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I32": 4, "I64": 8, "U8": 1, "I8": 1, "BOOL": 1}
+
+
+def ct_scheme_label(qcfg: dict | None, module: str) -> str:
+    """The compressed-tensors scheme of `module` as "int4-g128" / "int8-channel-asym" (formats.safetensors_model
+    IntScheme.label): the config group whose targets match it, exact names before `re:` patterns before class names
+    (which cannot be checked without the model, so they match any module), as compressed-tensors matches."""
+    import re
+
+    ranked = []
+    for g in ((qcfg or {}).get("config_groups") or {}).values():
+        for t in g.get("targets") or []:
+            if t == module:
+                ranked.append((0, g))
+            elif t.startswith("re:") and re.match(t[3:], module):
+                ranked.append((1, g))
+            elif not t.startswith("re:") and "." not in t:
+                ranked.append((2, g))
+    if not ranked:
+        return "packed"
+    w = min(ranked, key=lambda r: r[0])[1].get("weights") or {}
+    g = "channel" if w.get("strategy") == "channel" else f"g{w.get('group_size')}"
+    return f"{w.get('type', 'int')}{w.get('num_bits')}-{g}" + ("" if w.get("symmetric", True) else "-asym")
+
+
 def inspect_safetensors(directory: Path) -> Inventory:
+    """A Hugging Face directory. A compressed-tensors module's parts (weight_packed, weight_scale, weight_zero_point,
+    weight_shape) are one row: `<module>.weight` with its logical shape, its scheme as the type and all the parts'
+    bytes, so its bits per weight include the scales."""
     import json
 
     from safetensors import safe_open
@@ -109,30 +138,36 @@ def inspect_safetensors(directory: Path) -> Inventory:
     if not files:
         raise BadFile(f"{directory}: no .safetensors files")
     cfg_path = directory / "config.json"
-    meta = {}
+    meta, qcfg = {}, None
     if cfg_path.exists():
         cfg = json.loads(cfg_path.read_text())
-        meta = {"architectures": cfg.get("architectures"), "quantization_config": cfg.get("quantization_config")}
-    rows = []
+        qcfg = cfg.get("quantization_config")
+        meta = {"architectures": cfg.get("architectures"), "quantization_config": qcfg}
+    found: dict[str, tuple[str, list[int], int]] = {}
+    shapes: dict[str, list[int]] = {}
     for p in files:
         with safe_open(str(p), framework="pt") as h:
             for n in h.keys():
                 sl = h.get_slice(n)
                 shape = [int(d) for d in sl.get_shape()]
                 dtype = sl.get_dtype()
-                width = {"BF16": 2, "F16": 2, "F32": 4, "I32": 4, "I64": 8, "U8": 1, "I8": 1}.get(dtype, 4)
-                canon = n
-                for prefix in ("model.language_model.", "model."):
-                    if canon.startswith(prefix):
-                        canon = canon[len(prefix):]
-                        break
-                row = TensorRow(n, group_of(canon), dtype, shape, math.prod(shape) * width)
-                if n.endswith(".weight_packed"):
-                    # compressed-tensors: the logical shape is stored beside the packed words
-                    row.shape = [int(d) for d in h.get_tensor(n.replace("weight_packed", "weight_shape")).tolist()]
-                elif n.endswith((".weight_shape", ".weight_scale", ".weight_zero_point", ".weight_g_idx")):
-                    row.shape = [0]  # bookkeeping: bytes count, parameters do not
-                rows.append(row)
+                found[n] = (dtype, shape, math.prod(shape) * _WIDTH.get(dtype, 4))
+                if n.endswith(".weight_shape"):
+                    shapes[n.removesuffix(".weight_shape")] = [int(d) for d in h.get_tensor(n).tolist()]
+    rows = []
+    for n, (dtype, shape, nbytes) in found.items():
+        module = next((n.removesuffix(s) for s in _CT_PARTS if n.endswith(s)), None)
+        if module is not None and module in shapes:
+            if not n.endswith(".weight_packed"):
+                continue  # counted with its module's packed weight
+            nbytes = sum(found[module + s][2] for s in _CT_PARTS if module + s in found)
+            n, dtype, shape = module + ".weight", ct_scheme_label(qcfg, module), shapes[module]
+        canon = n
+        for prefix in ("model.language_model.", "model."):
+            if canon.startswith(prefix):
+                canon = canon[len(prefix):]
+                break
+        rows.append(TensorRow(n, group_of(canon), dtype, shape, nbytes))
     total = sum(p.stat().st_size for p in files)
     return Inventory(str(directory), "safetensors", total, meta, rows)
 
