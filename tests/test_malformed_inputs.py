@@ -3,13 +3,20 @@ test itself from a good tiny checkpoint (a Gemma 4 dense safetensors directory, 
 same split into shards, and the Q8_0 GGUF quantkit builds from it), damaged in one
 place, and given to `quantkit compress`. Each must end with the documented exit
 status, one line on stderr naming the problem (file, tensor or key), no traceback,
-and no .gguf or temporary file in the output directory."""
+and no .gguf or temporary file in the output directory.
+
+Every case runs in-process, through `quantkit.cli.main()` with `sys.argv` patched,
+so the table costs one Python and torch start-up instead of one per case. The cases
+marked `e2e=True` (one of each kind of input) also run as a real `quantkit`
+subprocess, to keep the whole path covered: the process's exit status, and nothing
+else (no traceback, no stray warning) reaching its stderr."""
 
 from __future__ import annotations
 
 import json
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -152,15 +159,19 @@ def set_gguf_string(key: str, new: str):
 
 # -- the cases -------------------------------------------------------------------------
 
-CASES = []
+CASES = []  # every case, run in-process
+E2E_CASES = []  # the few also run as a real `quantkit` subprocess
 T0, T1 = "rope_freqs.weight", "blk.0.attn_q.weight"  # the first tensor in the data section, and a weight
 ARCH = "general.architecture"  # the GGUF's first metadata key
 
 
-def case(name: str, base: str, pattern: str, status: int = 2):
-    """Register `make(path) -> None | (model_arg, out_dir)`; `pattern` must match the one stderr line."""
+def case(name: str, base: str, pattern: str, status: int = 2, e2e: bool = False):
+    """Register `make(path) -> None | (model_arg, out_dir)`; `pattern` must match the one stderr line.
+    `e2e=True` also runs the case as a subprocess."""
     def register(make):
         CASES.append(pytest.param(base, make, pattern, status, id=name))
+        if e2e:
+            E2E_CASES.append(CASES[-1])
         return make
     return register
 
@@ -192,7 +203,7 @@ trunc("tensor-type", f"type of '{T1}'", lambda lay: lay["tensors"][T1]["type"])
 trunc("tensor-offset", f"offset of '{T1}'", lambda lay: lay["tensors"][T1]["offset"])
 
 
-@case("gguf-truncated-data", "gguf", r"in\.gguf: tensor '[^']+' ends at byte \d+, past the end of the file .*truncated")
+@case("gguf-truncated-data", "gguf", r"in\.gguf: tensor '[^']+' ends at byte \d+, past the end of the file .*truncated", e2e=True)
 def _(p):
     b = p.read_bytes()
     p.write_bytes(b[: (gguf_layout(b)["data"] + len(b)) // 2])
@@ -385,7 +396,7 @@ def _(d):
     edit_st(lambda h, data: h[Q].update(shape=[64, 128]))(d)
 
 
-@case("st-nan-weight", "hf", rf"tensor '{Q}' has a non-finite value at index \(0, 5\)")
+@case("st-nan-weight", "hf", rf"tensor '{Q}' has a non-finite value at index \(0, 5\)", e2e=True)
 def _(d):
     poke_value(Q, float("nan"))(d)
 
@@ -400,7 +411,8 @@ def _(d):
     (d / "model.safetensors").unlink()
 
 
-@case("index-missing-shard", "sharded", r"model\.safetensors\.index\.json: tensor '[^']+' is in shard 'model-00002-of-0000\d\.safetensors', which does not exist")
+@case("index-missing-shard", "sharded", r"model\.safetensors\.index\.json: tensor '[^']+' is in shard 'model-00002-of-0000\d\.safetensors', which does not exist",
+      e2e=True)
 def _(d):
     next(d.glob("model-00002-of-*.safetensors")).unlink()
 
@@ -438,7 +450,7 @@ def _(d):
     (d / "config.json").write_text("[]")
 
 
-@case("config-missing-field", "hf", r"config\.json: missing required key 'hidden_size'")
+@case("config-missing-field", "hf", r"config\.json: missing required key 'hidden_size'", e2e=True)
 def _(d):
     edit_config(lambda c: c.pop("hidden_size"))(d)
 
@@ -479,18 +491,18 @@ def _(d):
 
 
 # paths
-@case("path-does-not-exist", "hf", r"model '[^']*/nope': not a preset .* and no such file or directory")
+@case("path-does-not-exist", "hf", r"model '[^']*/nope': not a preset .* and no such file or directory", e2e=True)
 def _(d):
     return str(d / "nope"), None
 
 
-@case("out-dir-under-a-file", "hf", r"error: .*/out/sub/work: Not a directory", status=1)  # IOFailure
+@case("out-dir-under-a-file", "hf", r"error: .*/out/sub/work: Not a directory", status=1, e2e=True)  # IOFailure
 def _(d):
     (d.parent / "out").write_text("a file, not a directory")
     return str(d), d.parent / "out" / "sub"
 
 
-# -- the test ----------------------------------------------------------------------------
+# -- the tests ---------------------------------------------------------------------------
 
 def leftovers(out: Path) -> list[str]:
     if not out.is_dir():
@@ -498,21 +510,66 @@ def leftovers(out: Path) -> list[str]:
     return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.suffix in (".gguf", ".partial") or ".gguf." in p.name)
 
 
-@pytest.mark.parametrize("base,make,pattern,status", CASES)
-def test_malformed_input(bases, tmp_path, base, make, pattern, status):
+def prepare(bases, tmp_path, base, make) -> tuple[list[str], Path]:
+    """Damage a copy of the good input; return the `quantkit` arguments and the output directory."""
     src = tmp_path / bases[base].name
     (shutil.copytree if bases[base].is_dir() else shutil.copy)(bases[base], src)
     model, out = make(src) or (str(src), None)
     out = out or tmp_path / "out"
-    r = subprocess.run([str(QUANTKIT), "compress", model, *FLAGS, "--out", str(out)], capture_output=True, text=True,
-                       timeout=300)
-    lines = r.stderr.splitlines()
-    assert "Traceback" not in r.stderr + r.stdout
-    assert r.returncode == status, r.stderr
+    return ["compress", model, *FLAGS, "--out", str(out)], out
+
+
+def check(returncode, stdout, stderr, out, pattern, status) -> None:
+    lines = stderr.splitlines()
+    assert "Traceback" not in stderr + stdout
+    assert returncode == status, stderr
     assert len(lines) == 1, lines
     assert lines[0].startswith("error: ") and re.search(pattern, lines[0]), lines[0]
     assert leftovers(out) == []
 
 
+def run_in_process(monkeypatch, capfd, args: list[str]) -> tuple[int, str, str]:
+    """`quantkit ARGS` through the console script's entry point, in this process."""
+    from quantkit.cli import main
+
+    capfd.readouterr()  # drop anything written while preparing the case
+    monkeypatch.setattr(sys, "argv", ["quantkit", *args])
+    previous = signal.getsignal(signal.SIGTERM)  # main() installs its own SIGTERM handler
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("base,make,pattern,status", CASES)
+def test_malformed_input(bases, tmp_path, monkeypatch, capfd, base, make, pattern, status):
+    args, out = prepare(bases, tmp_path, base, make)
+    check(*run_in_process(monkeypatch, capfd, args), out, pattern, status)
+
+
+@pytest.mark.parametrize("base,make,pattern,status", E2E_CASES)
+def test_malformed_input_end_to_end(bases, tmp_path, base, make, pattern, status):
+    args, out = prepare(bases, tmp_path, base, make)
+    r = subprocess.run([str(QUANTKIT), *args], capture_output=True, text=True, timeout=300)
+    check(r.returncode, r.stdout, r.stderr, out, pattern, status)
+
+
 def test_table_is_large_enough():
     assert len(CASES) >= 30
+    # the subprocess subset: a few, and at least one of each kind of input
+    assert 4 <= len(E2E_CASES) <= 8
+    ids = [p.id for p in E2E_CASES]
+    for prefix in ("gguf-", "st-", "config-", "path-", "out-"):
+        assert any(i.startswith(prefix) for i in ids), (prefix, ids)
+
+
+def test_in_process_run_restores_sigterm_handler(monkeypatch, capfd, tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    code, _, err = run_in_process(monkeypatch, capfd, ["compress", str(tmp_path / "nope"), *FLAGS, "--out", str(tmp_path / "out")])
+    assert code == 2 and err.startswith("error: "), (code, err)
+    assert signal.getsignal(signal.SIGTERM) is before
