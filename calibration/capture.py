@@ -22,11 +22,16 @@ that on_linear leaves alone (MoE expert stacks, or any it returns None for) stil
 Besides the linear statistics the pass records what the lookup-table importance needs (see
 `quantkit.calibration.embed_importance`): a per-gate-output PLE sensitivity, and the per-dimension gain of layer 0's
 input norm.
+
+Checkpoints: after the embedding and after every block, `on_checkpoint(Checkpoint)` receives what the next stage
+needs (the calibration States, KV-sharing K/V included, and the accumulators that span stages); `run(start=...)`
+continues from one, and gives the same numbers as a pass that never stopped. Statistics of the stages before the
+start are not in the result (the head's, which the lookup-table importance needs, always are).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import replace, dataclass, field, fields
 from typing import Callable, Mapping
 
 import numpy as np
@@ -77,6 +82,25 @@ class CaptureResult:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass
+class Checkpoint:
+    """A capture after a completed stage (-1 = embedding, 0..L-1 = blocks): what the next stage starts from."""
+
+    stage: int
+    states: list[State]  # the stage's output, computed with its quantized replacements
+    ple_x2: torch.Tensor | None  # float64 [L, P], summed over the tokens so far (not yet divided)
+    gain: torch.Tensor  # float64 [H], summed over the tokens (complete after the embedding)
+
+    def to_dict(self) -> dict:
+        """Tensors, lists and dicts only (for torch.save / torch.load(weights_only=True))."""
+        return {"stage": self.stage, "ple_x2": self.ple_x2, "gain": self.gain,
+                "states": [{f.name: getattr(st, f.name) for f in fields(State)} for st in self.states]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Checkpoint":
+        return cls(d["stage"], [State(**st) for st in d["states"]], d["ple_x2"], d["gain"])
+
+
 class _Acc:
     """float64 accumulators for one weight."""
 
@@ -107,6 +131,12 @@ class _StageWeights:
         if a is None:
             a = self.cache[name] = np.asarray(self.source(name), dtype=np.float32)
         return a
+
+    def take(self, name: str, ids: np.ndarray) -> np.ndarray:
+        """Embedding rows, read from the source row by row when it can (the PLE table is never loaded whole)."""
+        if name in self.overrides or name in self.cache or not hasattr(self.source, "take"):
+            return self(name)[ids]
+        return self.source.take(name, ids)
 
     def end_stage(self) -> None:
         self.cache.clear()
@@ -247,18 +277,24 @@ class Capture:
         return out
 
     @torch.no_grad()
-    def run(self, on_stage: Callable[[int, dict[str, LinearStats]], Mapping[str, np.ndarray] | None] | None = None
+    def run(self, on_stage: Callable[[int, dict[str, LinearStats]], Mapping[str, np.ndarray] | None] | None = None,
+            *, start: Checkpoint | None = None, on_checkpoint: Callable[[Checkpoint], None] | None = None
             ) -> CaptureResult:
         """Collect statistics for every linear weight. `on_stage(i, stats)` (stage -1 = embedding, 0..L-1 = blocks,
-        L = head) may return replacement weights for stage i, with which the stage is re-run before the next one."""
+        L = head) may return replacement weights for stage i, with which the stage is re-run before the next one.
+        `on_checkpoint` receives a Checkpoint after the embedding and after every block; `start` continues from one."""
         L, P = self.spec.n_layers, self.spec.ple_dim
         self._ple_x2 = torch.zeros(L, P, dtype=torch.float64) if P else None
         stats: dict[str, LinearStats] = {}
-        bar = tqdm(total=L + 2, desc="calibration", unit="stage", disable=not self.progress)
+        first = -1 if start is None else start.stage + 1
+        bar = tqdm(total=L + 2, initial=first + 1, desc="calibration", unit="stage", disable=not self.progress)
 
         def finish(i: int, states_in: list[State] | None, states_out: list[State]) -> list[State]:
             st = self._stage_stats()
-            stats.update(st)
+            # Hessians handed to the callbacks are not kept: a layer's X^T X can be GBs (31B down_proj: 1.8 GB), so
+            # keeping them would grow memory with depth. Without callbacks they are the result.
+            stats.update(st if on_stage is None and self.on_linear is None
+                         else {n: replace(v, hessian=None) for n, v in st.items()})
             rest = {n: s for n, s in st.items() if n not in self._done}
             self._done = set()
             repl = on_stage(i, rest) if on_stage is not None else None
@@ -271,11 +307,20 @@ class Capture:
             bar.update(1)
             return states_out
 
-        states = finish(-1, None, self._run_stage(-1, None, observe=True))
-        self._embed_gain(states)
-        for i in range(L):
+        def checkpoint(i: int, states: list[State]) -> None:
+            if on_checkpoint is not None:
+                on_checkpoint(Checkpoint(i, states, self._ple_x2, self._gain))
+
+        if start is None:
+            states = finish(-1, None, self._run_stage(-1, None, observe=True))
+            self._embed_gain(states)
+            checkpoint(-1, states)
+        else:
+            states, self._ple_x2, self._gain = start.states, start.ple_x2, start.gain
+        for i in range(max(first, 0), L):
             bar.set_postfix_str(f"block {i}")
             states = finish(i, states, self._run_stage(i, states, observe=True))
+            checkpoint(i, states)
         self._head(states)
         finish(L, states, states)
         bar.close()
@@ -289,10 +334,10 @@ class Capture:
 
 def capture(spec: ModelSpec, weights: Callable[[str], np.ndarray], ids, *, batch_size: int = 8,
             hessian: bool = False, on_stage=None, on_linear=None, device: str = "cpu",
-            progress: bool = True) -> CaptureResult:
+            progress: bool = True, start: Checkpoint | None = None, on_checkpoint=None) -> CaptureResult:
     """One streaming calibration pass; see `Capture.run` (and the module docstring for on_linear)."""
     return Capture(spec, weights, ids, batch_size=batch_size, hessian=hessian, device=device,
-                   progress=progress, on_linear=on_linear).run(on_stage)
+                   progress=progress, on_linear=on_linear).run(on_stage, start=start, on_checkpoint=on_checkpoint)
 
 
 def calibration_ids(tokenizer, src: str = "c4", n_seqs: int = 128, seq_len: int = 512, seed: int = 0) -> np.ndarray:

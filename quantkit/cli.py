@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from quantkit import __version__
-from quantkit.errors import QuantkitError
+from quantkit.errors import IOFailure, QuantkitError
 
 TEXT_HELP = "Text: wiki (built-in held-out), c4 (built-in calibration), a text file, FILE.jsonl:FIELD, or hf:NAME[:CONFIG]:SPLIT:FIELD."
 
@@ -92,7 +92,17 @@ def parse_size(text: str) -> int:
 @click.option("--max-size", metavar="SIZE", help="Best build whose file is at most SIZE (e.g. 1.4GB, 1400MB, 1.3GiB).")
 @click.option("--like", "like", metavar="PRESET", help="llama.cpp's own per-tensor types for a llama-quantize preset (Q2_K, Q3_K_M, Q4_0, IQ4_XS, Q4_K_M, Q8_0, ...).")
 @click.option("--type", "type_name", metavar="TYPE", help="Every quantizable tensor in one ggml type (Q8_0, Q4_K, ...; llama.cpp's fallback for rows that don't fit).")
-@click.option("--format", "fmt", type=click.Choice(["gguf"]), default="gguf", show_default=True, help="Output format.")
+@click.option("--format", "fmt", type=click.Choice(["gguf", "safetensors"]), default="gguf", show_default=True,
+              help="gguf: one .gguf file for llama.cpp. safetensors: a Hugging Face directory in compressed-tensors' "
+                   "pack-quantized format for transformers and vLLM; takes --bits 2, 4 or 8: every Linear weight of the "
+                   "text decoder as B-bit integers with one scale (in the model's dtype) per --group-size weights, "
+                   "symmetric unless --asym; embeddings, norms, the MoE router and experts and vision/audio towers "
+                   "stay as they are.")
+@click.option("--group-size", type=click.Choice(["32", "64", "128", "-1"]), default=None,
+              help="--format safetensors: weights per scale along a row, -1 for one scale per output channel; a row "
+                   "that is not a multiple of it takes the largest smaller group that fits, else -1.  [default: 128]")
+@click.option("--asym", is_flag=True, help="--format safetensors: asymmetric (scale and zero point per group). "
+              "transformers loads these only with CompressedTensorsConfig(dequantize=True).")
 @click.option("--ple-type", metavar="TYPE", help="Force the Per-Layer Embedding table's type instead of letting the budget decide.")
 @click.option("--method", type=click.Choice(["gptq", "imatrix", "rtn"]), default="gptq", show_default=True,
               help="gptq: error feedback inside the ggml formats; imatrix: llama.cpp's importance-weighted search; rtn: llama.cpp's data-free rounding.")
@@ -106,9 +116,13 @@ def parse_size(text: str) -> int:
 @click.option("--dry-run", is_flag=True, help="Print the plan (types and bytes per tensor group) and stop; reads headers only.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Where calibration runs.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: all cores).")
-def compress_cmd(model, bits, max_size, like, type_name, fmt, ple_type, method, calib, calib_tokens, text, eval_tokens,
-                 judge, out_dir, from_path, dry_run, device, threads) -> None:
-    """Quantize MODEL to a GGUF build that llama.cpp runs, with a report.
+@click.option("--resume", is_flag=True,
+              help="Continue the interrupted run in --out from its last completed block (same model, options and "
+                   "threads; the result is the same bytes). Without it, a run refuses an --out that holds one.")
+def compress_cmd(model, bits, max_size, like, type_name, fmt, group_size, asym, ple_type, method, calib, calib_tokens,
+                 text, eval_tokens, judge, out_dir, from_path, dry_run, device, threads, resume) -> None:
+    """Quantize MODEL to a GGUF build that llama.cpp runs (or, with --format safetensors, a
+    compressed-tensors directory for transformers and vLLM), with a report.
 
     MODEL is a preset (gemma3-270m, e2b, e4b, 26b-a4b, 31b), a Hugging Face checkpoint
     directory or a GGUF file. Give one of --bits, --max-size, --like or --type. The
@@ -126,16 +140,31 @@ def compress_cmd(model, bits, max_size, like, type_name, fmt, ple_type, method, 
         raise click.BadParameter("--device cuda: no CUDA device is available to torch", param_hint="--device")
     opts = CompressOptions(type_name=type_name, bits=int(bits) if bits else None, max_size=parse_size(max_size) if max_size else None,
                            like=like, ple_type=ple_type, method=method, calib=calib, calib_tokens=calib_tokens, text=text,
-                           eval_tokens=eval_tokens, dry_run=dry_run, device=device, progress=True)
+                           eval_tokens=eval_tokens, dry_run=dry_run, device=device, progress=sys.stderr.isatty())
     src = open_source(model, from_path)
     out = out_dir or Path("out") / f"{Path(model).stem}-{(bits and f'bits{bits}') or (max_size and f'max{max_size}') or like or type_name}-{method}"
-    result = run(src, out, opts)
+    if fmt == "safetensors":
+        from quantkit.compress import run_safetensors
+
+        if resume:
+            raise click.BadParameter("--resume is for GGUF builds", param_hint="--resume")
+        result = run_safetensors(src, out, opts, group_size=int(group_size or 128), symmetric=not asym)
+    elif group_size is not None or asym:
+        raise click.BadParameter("--group-size and --asym are options of --format safetensors", param_hint="--format")
+    else:
+        result = run(src, out, opts, resume=resume)
+    if result.resumed:
+        click.echo(f"resumed {out / 'work'}: the interrupted run had done its {result.resumed}")
     click.echo(plan_summary(result.plan))
     if dry_run:
         return
     save_plan(result.plan, out / "plan.json")
-    click.echo(f"wrote {result.path} ({result.file_bytes:,} bytes) in {result.seconds['total']:.0f} s")
-    if eval_tokens:
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items() if k != "total")
+    click.echo(f"wrote {result.path} ({result.file_bytes:,} bytes) in {result.seconds['total']:.0f} s ({stages})")
+    if eval_tokens and fmt == "safetensors":
+        click.echo("no report: quantkit does not read safetensors builds back yet; load the directory with "
+                   "transformers or vLLM", err=True)
+    elif eval_tokens:
         from quantkit.evaluate import evaluate
         from quantkit.reports.charts import accuracy_vs_size, markdown_table
         from quantkit.reports.results import BuildResult, RunReport
@@ -182,6 +211,47 @@ def report_cmd(run_dirs: tuple[Path, ...], out_dir: Path, title: str | None) -> 
         click.echo(f"wrote {p}")
 
 
+@cli.command("gate")
+@click.argument("run_dirs", nargs=-1, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--baseline", "baseline_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Baseline directory: baseline.json (the settings) and bits*/report.json.  [default: reports/baselines/gemma3-270m]")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/gate"), show_default=True,
+              help="Where the rebuilt run directories, gate.md, gate.json and the chart go.")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=0.02, show_default=True,
+              help="Largest accepted relative increase of PPL, mean KLD, p99 KLD and file size over the baseline.")
+@click.option("--write-baseline", is_flag=True, help="Make the builds' reports the new baseline (commit them) instead of comparing.")
+def gate_cmd(run_dirs: tuple[Path, ...], baseline_dir: Path | None, out_dir: Path, tolerance: float, write_baseline: bool) -> None:
+    """CI gate: rebuild the baseline's builds and fail (exit 1) on any regression.
+
+    With no RUN_DIR, runs `quantkit compress` with the settings recorded in the
+    baseline's baseline.json once per build into --out, then compares each build's
+    PPL, mean KLD, p99 KLD and file size with its baseline. With RUN_DIR..., compares
+    those run directories instead, each with the baseline build of the same name
+    (bits2, bits3, bits4, bits8). Prints the table and one line per regression,
+    writes gate.md, gate.json and the chart (new beside baseline) into --out.
+    """
+    from quantkit.reports import gate
+
+    base_dir = baseline_dir or gate.BASELINE_DIR
+    settings = gate.Settings() if write_baseline else gate.Settings.load(base_dir)
+    runs = list(run_dirs) or gate.rebuild(settings, out_dir, log=lambda line: click.echo(line, err=True))
+    if write_baseline:
+        for p in gate.write_baseline(settings, runs, base_dir):
+            click.echo(f"wrote {p}")
+        return
+    _, baseline = gate.load_baseline(base_dir)
+    new = gate.load_runs(runs)
+    verdict = gate.compare(baseline, new, tolerance)
+    paths = gate.write_report(verdict, baseline, new, out_dir)
+    click.echo(verdict.table(), nl=False)
+    for line in verdict.failures():
+        click.echo(f"FAIL {line}")
+    click.echo(f"gate {'passed' if verdict.passed else 'FAILED'}: {len(verdict.checks)} checks, "
+               f"{len(verdict.failures())} regressions beyond {tolerance * 100:.1f} %; {paths[0]}")
+    if not verdict.passed:
+        sys.exit(1)
+
+
 @cli.command("inspect")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON (metadata, tensors, totals, bits per weight).")
@@ -205,10 +275,12 @@ def inspect_cmd(path: Path, as_json: bool, show_all: bool) -> None:
         if not k.startswith("tokenizer.ggml.") or not isinstance(v, str) or not v.startswith("["):
             click.echo(f"  {k} = {v}")
     rows = inv.tensors if show_all else inv.tensors[:40]
-    click.echo(f"\n{'tensor':<48}{'type':>8}  {'shape':<22}{'bytes':>14}{'bpw':>8}")
+    w = max([48, *(len(t.name) + 1 for t in rows)])
+    tw = max([8, *(len(t.type) for t in rows)])
+    click.echo(f"\n{'tensor':<{w}}{'type':>{tw}}  {'shape':<22}{'bytes':>14}{'bpw':>8}")
     for t in rows:
         bpw = f"{8 * t.nbytes / t.n_params:.3f}" if t.n_params else "-"
-        click.echo(f"{t.name:<48}{t.type:>8}  {'x'.join(map(str, t.shape)):<22}{t.nbytes:>14,}{bpw:>8}")
+        click.echo(f"{t.name:<{w}}{t.type:>{tw}}  {'x'.join(map(str, t.shape)):<22}{t.nbytes:>14,}{bpw:>8}")
     if len(rows) < len(inv.tensors):
         click.echo(f"... {len(inv.tensors) - len(rows)} more (--all lists them)")
     click.echo(f"\n{'group':<12}{'params':>16}{'bytes':>16}{'bpw':>8}")
@@ -243,6 +315,11 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except OSError as e:  # reading or writing outside the inputs' control: an unwritable --out, a full disk
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: {e.filename}: {e.strerror}" if e.filename and e.strerror else f"error: {e}", err=True)
+        sys.exit(IOFailure.exit_code)
     except Exception as e:  # internal error: one line unless --debug
         if debug:
             traceback.print_exc()

@@ -11,7 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from quantkit.reports.results import BuildResult, RunReport  # noqa: E402
 
-STYLE = {"quantkit": dict(marker="o", color="tab:blue"), "llama.cpp": dict(marker="s", color="tab:orange")}
+STYLE = {"quantkit": dict(marker="o", color="tab:blue"), "llama.cpp": dict(marker="s", color="tab:orange"),
+         # the gate's chart (quantkit.reports.gate): new builds beside the committed baseline
+         "baseline": dict(marker="s", color="tab:gray"), "new": dict(marker="o", color="tab:green")}
 
 
 def _points(builds: list[BuildResult], metric: str):

@@ -40,15 +40,38 @@ def write_f32_base(src: Path, dst: Path) -> Path:
 
 
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
+_SDIST = "llama_cpp_python-0.3.36.tar.gz"
 _SDIST_ROOT = "llama_cpp_python-0.3.36/vendor/llama.cpp/"
-_CONVERTER_PARTS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+_SKIPPED = ("docs/", "models/", "media/")  # neither the converter nor the CMake build reads them (~115 MB)
+_COMPLETE = ("convert_hf_to_gguf.py", "gguf-py/gguf/__init__.py", "CMakeLists.txt", "tools/imatrix/imatrix.cpp")
+
+
+def llama_cpp_sdist() -> Path:
+    """The llama-cpp-python source package, downloaded once with pip into the quantkit cache."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from quantkit.cache import cache_dir
+
+    dest = cache_dir("downloads")
+    path = dest / _SDIST
+    if path.is_file():
+        return path
+    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "-q", "-d", tmp, LLAMA_CPP_PYTHON]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        got = Path(tmp) / _SDIST
+        if r.returncode != 0 or not got.is_file():
+            raise RuntimeError(f"`{' '.join(cmd[2:])}` failed: {(r.stderr or r.stdout)[-2000:]}")
+        os.replace(got, path)
+    return path
 
 
 def llama_cpp_source() -> Path:
-    """llama.cpp's converter (convert_hf_to_gguf.py, conversion/, gguf-py/) from the llama-cpp-python
-    source package, downloaded with pip and extracted once into the quantkit cache."""
-    import subprocess
-    import sys
+    """llama.cpp's source tree (vendor/llama.cpp of the llama-cpp-python source package, less docs and vocab
+    files), extracted once into the quantkit cache: the converter (convert_hf_to_gguf.py, conversion/, gguf-py/)
+    and everything CMake needs to build its tools (tests/integration/llamacpp_tools.py)."""
     import tarfile
     import tempfile
 
@@ -56,21 +79,22 @@ def llama_cpp_source() -> Path:
 
     root = cache_dir("llama.cpp-src")
     src = root / _SDIST_ROOT
-    if (src / "convert_hf_to_gguf.py").is_file():
+    if all((src / p).is_file() for p in _COMPLETE):
         return src
+    sdist = llama_cpp_sdist()
+    top = _SDIST_ROOT.split("/")[0]
     with tempfile.TemporaryDirectory(dir=root) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "-q", "-d", tmp, LLAMA_CPP_PYTHON]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        sdists = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
-        if r.returncode != 0 or not sdists:
-            raise RuntimeError(f"`{' '.join(cmd[2:])}` failed: {(r.stderr or r.stdout)[-2000:]}")
-        wanted = tuple(_SDIST_ROOT + p for p in _CONVERTER_PARTS)
-        with tarfile.open(sdists[0]) as tf:
-            members = [m for m in tf.getmembers() if m.name.startswith(wanted)]
+        with tarfile.open(sdist) as tf:
+            members = [m for m in tf.getmembers()
+                       if m.name.startswith(_SDIST_ROOT) and not m.name[len(_SDIST_ROOT):].startswith(_SKIPPED)]
             tf.extractall(Path(tmp) / "x", members=members, filter="data")
-        top = _SDIST_ROOT.split("/")[0]
-        if not (root / top).exists():
+        try:
+            if (root / top).exists():  # an older extraction with the converter only: swap it out
+                os.replace(root / top, Path(tmp) / "old")
             os.replace(Path(tmp) / "x" / top, root / top)
+        except OSError:
+            if not all((src / p).is_file() for p in _COMPLETE):  # not another process's complete copy
+                raise
     return src
 
 

@@ -1,0 +1,212 @@
+"""Side by side on the real Gemma 3 270M: llama.cpp's quantizations (without and with an imatrix) and quantkit's
+`rtn`, `imatrix` and `gptq` builds at the same `--like` presets, every file judged by llama.cpp itself. The
+machinery of benches/quality.py (which prints the table) and tests/integration/test_quality_llamacpp.py (which
+asserts the targets).
+
+* Judge (anchors-270m.md, llama-perplexity's convention): the built-in `wiki` text in chunks of 512 tokens, the
+  first token of each replaced by BOS, each decoded from an empty cache by llama.cpp (quantkit.judge.Judge);
+  positions 256..510 scored; KLD = KL(F32 base || file) over the full vocabulary in float64. The base's logits at
+  the scored positions are kept on disk while the files are judged.
+* llama.cpp rows: the `llama-quantize` binary at the preset, and again with `--imatrix` from `llama-imatrix` over
+  the first calibration chunks of the built-in `c4` text (both tools built from the llama-cpp-python source
+  package, tests/integration/llamacpp_tools.py).
+* quantkit rows: `quantkit.compress.run` at `--like PRESET`, calibrated on the same `c4` text and as many tokens
+  (its own seeded 512-token windows); each build runs in a fresh process, so its wall time and peak RSS are its own.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from quantkit.cache import cache_dir
+from quantkit.calibration.text import documents, eval_chunks
+from quantkit.formats.gguf_source import GGUFSource
+from quantkit.reports.metrics import EvalResult, Scorer
+from quantkit.sources import gemma3_270m_path
+
+from .llamacpp import write_f32_base
+from .llamacpp_tools import llama_imatrix, llama_quantize_cli
+
+PRESETS = ("Q2_K", "Q3_K_M", "Q4_0", "IQ4_XS", "Q4_K_M", "Q8_0")
+METHODS = ("rtn", "imatrix", "gptq")
+CHUNK = 512
+PLAIN, IMAT = "llama.cpp", "llama.cpp+imat"
+
+
+def f32_base() -> Path:
+    return write_f32_base(gemma3_270m_path(), cache_dir("models") / "gemma-3-270m-f32.gguf")
+
+
+def c4_imatrix(base: Path, out: Path, calib_tokens: int, threads: int) -> Path:
+    """`llama-imatrix` over the first calib_tokens // 512 chunks of the built-in c4 text (its documents joined
+    by blank lines, as quantkit's tokenize_source joins them)."""
+    text = out.with_name("c4.txt")
+    text.write_text("\n\n".join(documents("c4")), encoding="utf-8")
+    return llama_imatrix(base, text, out, chunks=max(1, calib_tokens // CHUNK), ctx=CHUNK, threads=threads)
+
+
+@dataclass
+class Build:
+    preset: str
+    label: str  # PLAIN, IMAT or "quantkit <method>"
+    path: Path
+    seconds: float
+    peak_rss_mib: float | None = None  # quantkit builds: the build process's own peak
+
+    @property
+    def tool(self) -> str:
+        return "quantkit" if self.label.startswith("quantkit") else "llama.cpp"
+
+
+def _compress_child(base: str, out: str, preset: str, method: str, calib_tokens: int):
+    from quantkit.compress import CompressOptions, run
+
+    t = time.perf_counter()
+    r = run(GGUFSource(Path(base)), Path(out), CompressOptions(like=preset, method=method, eval_tokens=0,
+                                                              calib_tokens=calib_tokens, progress=False))
+    return str(r.path), time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def quantkit_build(base: Path, out: Path, preset: str, method: str, calib_tokens: int) -> Build:
+    """`compress.run` in a fresh (spawned) process: seconds from the source opened to the file written, and that
+    process's peak RSS (interpreter and libraries included)."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        path, secs, rss = pool.submit(_compress_child, str(base), str(out), preset, method, calib_tokens).result()
+    return Build(preset, f"quantkit {method}", Path(path), secs, rss)
+
+
+def llama_cpp_build(base: Path, out: Path, preset: str, imatrix: Path | None, threads: int) -> Build:
+    t = time.perf_counter()
+    llama_quantize_cli(base, out, preset, imatrix=imatrix, threads=threads)
+    return Build(preset, IMAT if imatrix else PLAIN, out, time.perf_counter() - t)
+
+
+SCORED = slice(CHUNK // 2, CHUNK - 1)  # positions whose logits are scored (the Scorer's second half)
+
+
+class ScoredJudge:
+    """quantkit.judge.Judge's forward (llama.cpp, each chunk from an empty cache), with logits requested only at the
+    scored positions: the output head, 262144 x 640 and most of this model's compute, then runs on those rows only."""
+
+    def __init__(self, path: Path, threads: int):
+        import llama_cpp
+
+        self.lib = llama_cpp
+        self.llm = llama_cpp.Llama(str(path), n_ctx=CHUNK, n_batch=CHUNK, n_ubatch=CHUNK, n_threads=threads,
+                                   n_threads_batch=threads, verbose=False)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.llm.model))
+        self.batch = llama_cpp.llama_batch_init(CHUNK, 0, 1)
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        """[CHUNK, V] float32: the logits at the SCORED positions, zeros elsewhere (pages never touched)."""
+        b, lib = self.batch, self.lib
+        for i, t in enumerate(ids):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0] = int(t), i, 1, 0
+            b.logits[i] = SCORED.start <= i < SCORED.stop
+        b.n_tokens = len(ids)
+        lib.llama_memory_clear(lib.llama_get_memory(self.llm.ctx), True)
+        rc = lib.llama_decode(self.llm.ctx, b)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed (rc={rc}) on {self.llm.model_path}")
+        n_out = SCORED.stop - SCORED.start
+        out = np.zeros((len(ids), self.n_vocab), np.float32)
+        out[SCORED] = np.ctypeslib.as_array(lib.llama_get_logits(self.llm.ctx), shape=(n_out, self.n_vocab))
+        return out
+
+    def close(self) -> None:
+        self.lib.llama_batch_free(self.batch)
+        self.llm.close()
+
+
+def reference_logits(base: Path, chunks: np.ndarray, store: Path, threads: int):
+    """The base's logits at the scored positions of every chunk, as read-only memmaps on disk, and the base's own
+    result (PPL)."""
+    j = ScoredJudge(base, threads)
+    out, s = [], Scorer()
+    try:
+        for c, row in enumerate(chunks):
+            lg = j.logits(row)
+            s.add(torch.from_numpy(lg), torch.from_numpy(row.astype(np.int64)))
+            p = store / f"ref{c}.npy"
+            np.save(p, lg[SCORED])
+            out.append(np.load(p, mmap_mode="r"))
+    finally:
+        j.close()
+    return out, s.result()
+
+
+def judge_file(path: Path, chunks: np.ndarray, ref: list[np.ndarray], threads: int) -> EvalResult:
+    """Scorer result over all chunks against the reference's logits."""
+    j = ScoredJudge(path, threads)
+    s = Scorer()
+    try:
+        for row, r in zip(chunks, ref):
+            full_ref = np.zeros((CHUNK, r.shape[1]), np.float32)
+            full_ref[SCORED] = r
+            s.add(torch.from_numpy(j.logits(row)), torch.from_numpy(row.astype(np.int64)), torch.from_numpy(full_ref))
+    finally:
+        j.close()
+    return s.result()
+
+
+@dataclass
+class Comparison:
+    base: Path
+    base_result: EvalResult
+    n_chunks: int
+    n_scored: int
+    calib_tokens: int
+    imatrix: Path
+    rows: list[tuple[Build, EvalResult, int]] = field(default_factory=list)  # (build, judged, file bytes)
+
+    def get(self, preset: str, label: str) -> tuple[Build, EvalResult, int]:
+        return next(r for r in self.rows if r[0].preset == preset and r[0].label == label)
+
+    def kld(self, preset: str, label: str) -> float:
+        return self.get(preset, label)[1].mean_kld
+
+
+def compare(presets, methods, *, n_chunks: int, calib_tokens: int, threads: int, work: Path,
+            log: Callable[[str], None] = print) -> Comparison:
+    """Build every row into work/builds, then judge them all against the F32 base on n_chunks of wiki."""
+    base = f32_base()
+    builds_dir = work / "builds"
+    builds_dir.mkdir(parents=True, exist_ok=True)
+    chunks = eval_chunks(GGUFSource(base).tokenizer(), "wiki", n_chunks * CHUNK, CHUNK).ids
+    t = time.perf_counter()
+    imat = c4_imatrix(base, work / "llama-imatrix-c4.gguf", calib_tokens, threads)
+    log(f"llama-imatrix: c4, {max(1, calib_tokens // CHUNK)} chunks of {CHUNK} tokens, {time.perf_counter() - t:.1f}s")
+
+    builds: list[Build] = []
+    for preset in presets:
+        for im in (None, imat):
+            b = llama_cpp_build(base, builds_dir / f"llamacpp-{preset}{'-imat' if im else ''}.gguf", preset, im, threads)
+            builds.append(b)
+            log(f"  {b.label:<17} {preset:<7} {b.seconds:7.1f}s")
+        for m in methods:
+            b = quantkit_build(base, builds_dir / f"quantkit-{preset}-{m}", preset, m, calib_tokens)
+            builds.append(b)
+            log(f"  {b.label:<17} {preset:<7} {b.seconds:7.1f}s  peak RSS {b.peak_rss_mib:,.0f} MiB")
+
+    with tempfile.TemporaryDirectory(dir=work, prefix=".ref-") as tmp:
+        t = time.perf_counter()
+        ref, base_res = reference_logits(base, chunks, Path(tmp), threads)
+        log(f"reference: PPL {base_res.ppl:.4f} on {len(chunks)} chunks ({time.perf_counter() - t:.1f}s)")
+        cmp = Comparison(base, base_res, len(chunks), len(chunks) * (CHUNK // 2 - 1), calib_tokens, imat)
+        for b in builds:
+            t = time.perf_counter()
+            res = judge_file(b.path, chunks, ref, threads)
+            cmp.rows.append((b, res, b.path.stat().st_size))
+            log(f"  judged {b.label:<17} {b.preset:<7} mean KLD {res.mean_kld:.5f} ({time.perf_counter() - t:.1f}s)")
+        del ref
+    return cmp

@@ -1,0 +1,136 @@
+"""imatrix files both ways, against llama.cpp's own `llama-imatrix` and `llama-quantize` (built from the
+llama-cpp-python 0.3.36 source package, tests/integration/llamacpp_tools.py) on the real Gemma 3 270M F32 base.
+
+* `llama-imatrix` over the first chunks of the built-in c4 text -> quantkit's read_imatrix: one entry per `blk.*`
+  linear, every token counted, and E[x^2] equal to quantkit's own capture over the very same tokens.
+* quantkit's capture -> write_imatrix -> `llama-quantize --imatrix` takes it, and its bytes are quantkit's `imatrix`
+  method's with that file.
+* With llama-imatrix's file, quantkit's `imatrix` method writes the bytes of `llama-quantize --imatrix --pure` for
+  Q4_K, Q3_K, Q2_K, Q6_K and IQ4_XS, on every `blk.*` weight: attn_output and ffn_down (rows of 1024 / 2048
+  columns) in the type itself, the 640-column ones in llama.cpp's fallback type, which must be the registry's.
+
+Run: .venv/bin/pytest -m integration tests/integration/test_imatrix_llamacpp.py -s
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGUFReader
+
+from quantkit.calibration.capture import capture
+from quantkit.calibration.imatrix import from_stats, read_imatrix, write_imatrix
+from quantkit.calibration.text import documents, eval_chunks
+from quantkit.formats import names
+from quantkit.formats.gguf_source import GGUFSource
+from quantkit.gptq import quantize_tensor
+from quantkit.kernels import registry
+
+from .llamacpp_tools import llama_imatrix, llama_quantize_cli
+
+pytestmark = pytest.mark.integration
+
+CHUNKS, CTX = 4, 512
+TYPES = ["Q4_K", "Q3_K", "Q2_K", "Q6_K", "IQ4_XS"]
+LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+
+
+@pytest.fixture(scope="module")
+def base(f32_270m):
+    return GGUFSource(f32_270m)
+
+
+@pytest.fixture(scope="module")
+def c4_text(tmp_path_factory):
+    """The built-in c4 text as one file, joined the way quantkit's tokenize_source joins it."""
+    p = tmp_path_factory.mktemp("c4") / "c4.txt"
+    p.write_text("\n\n".join(documents("c4")), encoding="utf-8")
+    return p
+
+
+@pytest.fixture(scope="module")
+def llama_imat(f32_270m, c4_text, tmp_path_factory):
+    return llama_imatrix(f32_270m, c4_text, tmp_path_factory.mktemp("imat") / "llama-imatrix.gguf", chunks=CHUNKS, ctx=CTX)
+
+
+@pytest.fixture(scope="module")
+def quantkit_stats(base):
+    """quantkit's capture over llama-imatrix's tokens: the first CHUNKS x 512 of the c4 stream, BOS first."""
+    ids = eval_chunks(base.tokenizer(), "c4", CHUNKS * CTX, CTX).ids
+    return capture(base.spec, base, ids, batch_size=2, progress=False).stats
+
+
+@pytest.fixture(scope="module")
+def weights(f32_270m):
+    r = GGUFReader(f32_270m)
+    return {t.name: np.asarray(t.data) for t in r.tensors}
+
+
+def test_quantkit_reads_llama_imatrix(llama_imat, c4_text, base, quantkit_stats):
+    im = read_imatrix(llama_imat)
+    n_layers = len(base.spec.layers)
+    expected = {f"blk.{i}.{k}.weight" for i in range(n_layers) for k in LINEARS}
+    assert set(im.sums) == expected  # blk.* only: no token_embd (a lookup), no output (tied, no --process-output)
+    assert im.chunk_count == CHUNKS and im.chunk_size == CTX and im.datasets == [str(c4_text)]
+    assert all(int(c[0]) == CHUNKS * CTX for c in im.counts.values())
+    theirs = im.importance()
+    worst = {}
+    for g in sorted(expected):
+        canon = names.from_gguf(g)
+        ours = quantkit_stats[canon].mean_x2()
+        assert theirs[canon].shape == ours.shape, g
+        # columns the pre-FFN norm's (1 + w) zeroes out are zero in both
+        np.testing.assert_array_equal(theirs[canon] == 0, ours == 0, err_msg=g)
+        seen = ours > 0
+        worst[g] = float(np.max(np.abs(theirs[canon][seen] - ours[seen]) / ours[seen]))
+    # llama.cpp's forward (F16 KV cache) and quantkit's float32 one on the same tokens: about 3e-3 at worst
+    print(f"\nE[x^2] llama-imatrix vs quantkit capture: max relative difference {max(worst.values()):.2e} "
+          f"({max(worst, key=worst.get)}), median {np.median(list(worst.values())):.2e}")
+    assert max(worst.values()) < 1e-2, sorted(worst.items(), key=lambda kv: -kv[1])[:5]
+
+
+def test_llama_quantize_takes_quantkit_imatrix(quantkit_stats, f32_270m, weights, tmp_path):
+    path = write_imatrix(tmp_path / "quantkit.gguf", from_stats(quantkit_stats, datasets=["c4"], chunk_size=CTX))
+    out = llama_quantize_cli(f32_270m, tmp_path / "q4k.gguf", "Q4_K", imatrix=path, pure=True,
+                             token_embedding_type="q8_0")
+    stats = read_imatrix(path).stats()
+    tensors = {t.name: t for t in GGUFReader(out).tensors}
+    for g in ("blk.0.ffn_down.weight", "blk.9.attn_output.weight", "blk.17.ffn_up.weight"):
+        t = tensors[g]
+        want = registry.fallback_type("Q4_K", weights[g].shape[1])
+        assert t.tensor_type.name == want
+        ours = quantize_tensor("imatrix", weights[g], want, stats[names.from_gguf(g)]).data
+        np.testing.assert_array_equal(ours.reshape(-1), np.asarray(t.data).reshape(-1), err_msg=g)
+    # the imatrix was used: blk.0.ffn_down was Q6_K in the Q4_K_M source, so Q4_K's grid is not its own and the
+    # weighting moves the scales (attn_output, Q4_K in the source, comes back on its own grid with or without)
+    g = "blk.0.ffn_down.weight"
+    assert not np.array_equal(quantize_tensor("rtn", weights[g], "Q4_K").data.reshape(-1),
+                              np.asarray(tensors[g].data).reshape(-1))
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+def test_imatrix_method_matches_llama_quantize(type_name, llama_imat, f32_270m, weights, tmp_path):
+    out = llama_quantize_cli(f32_270m, tmp_path / f"{type_name}.gguf", type_name, imatrix=llama_imat, pure=True,
+                             token_embedding_type="q8_0")
+    stats = read_imatrix(llama_imat).stats()
+    same: dict[str, list[int]] = {}  # type written -> [identical, compared]
+    differ = []
+    for t in GGUFReader(out).tensors:
+        canon = names.from_gguf(t.name)
+        if canon not in stats:
+            continue
+        w = weights[t.name]
+        want = registry.fallback_type(type_name, w.shape[1])
+        assert t.tensor_type.name == want, f"{t.name}: llama.cpp wrote {t.tensor_type.name}, registry says {want}"
+        ok = np.array_equal(quantize_tensor("imatrix", w, want, stats[canon]).data.reshape(-1),
+                            np.asarray(t.data).reshape(-1))
+        tally = same.setdefault(want, [0, 0])
+        tally[0] += ok
+        tally[1] += 1
+        if not ok:
+            differ.append(t.name)
+    print(f"\n{type_name}: byte-identical to llama-quantize --imatrix --pure: "
+          + ", ".join(f"{k} {a}/{n} tensors" for k, (a, n) in same.items()))
+    assert sum(n for _, n in same.values()) == 18 * len(LINEARS)
+    assert type_name in same  # attn_output / ffn_down rows hold whole 256-blocks
+    assert not differ, f"{type_name}: {len(differ)} tensors differ, e.g. {differ[:5]}"
