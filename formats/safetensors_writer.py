@@ -23,7 +23,6 @@ import json
 import math
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -31,6 +30,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from quantkit.errors import BadInput, IOFailure
+from quantkit.formats.gguf_writer import _fsync_dir as fsync_dir, _mkstemp  # one temp-file discipline for every writer
 
 ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
             "F64": 8, "I64": 8, "U64": 8}
@@ -195,23 +195,3 @@ def umask() -> int:
     m = os.umask(0o022)
     os.umask(m)
     return m
-
-
-def _mkstemp(path: Path) -> tuple[int, str]:
-    try:
-        return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    except OSError as e:
-        raise IOFailure(f"{path}: cannot create a temporary file in {path.parent} ({e.strerror})") from e
-
-
-def fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
