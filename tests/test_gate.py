@@ -51,12 +51,16 @@ def test_regression_within_tolerance_passes():
     assert v.passed
 
 
-@pytest.mark.parametrize("metric", ["mean_kld", "p99_kld"])
-def test_kld_regression_fails(metric):
-    worse = _runs(bits8=_run(8, **{metric: getattr(_base(8), metric) * 1.05}))
+def test_kld_regression_fails():
+    worse = _runs(bits8=_run(8, mean_kld=_base(8).mean_kld * 1.05))
     v = gate.compare(_runs(), worse)
-    assert [(c.build, c.metric) for c in v.checks if not c.passed] == [("bits8", metric)]
-    assert f"bits8: {metric} regressed" in v.failures()[0]
+    assert [(c.build, c.metric) for c in v.checks if not c.passed] == [("bits8", "mean_kld")]
+    assert "bits8: mean_kld regressed" in v.failures()[0]
+
+
+def test_p99_kld_is_shown_not_gated():
+    # p99 of ~1,000 tokens moved 4.7 % between two machines' builds (the module doc): not a gate metric
+    assert gate.compare(_runs(), _runs(bits4=_run(4, p99_kld=_base(4).p99_kld * 1.05))).passed
 
 
 def test_size_increase_fails():
@@ -106,16 +110,18 @@ def test_write_baseline_then_gate_cli(tmp_path):
     runner = CliRunner()
     res = runner.invoke(cli, ["gate", "--baseline", str(base), "--out", str(tmp_path / "same"), *map(str, dirs)])
     assert res.exit_code == 0, res.output
-    assert "gate passed: 16 checks, 0 regressions" in res.output
+    assert "gate passed: 12 checks, 0 regressions" in res.output
     md = (tmp_path / "same" / "gate.md").read_text()
     assert md.startswith("# quantkit gate: pass") and "| bits4 | ppl |" in md
+    assert "| bits4 | file_bytes | 220,000,000 | 220,000,000 | 1.0000 | pass |" in md
+    assert "| baseline --bits 4 | baseline |" in md and "| new --bits 4 | new |" in md
     assert (tmp_path / "same" / "accuracy_vs_size.png").stat().st_size > 10_000
 
     worse = _write_runs(tmp_path / "worse", {"bits4": _run(4, mean_kld=_base(4).mean_kld * 1.1)})
     res = runner.invoke(cli, ["gate", "--baseline", str(base), "--out", str(tmp_path / "w"), *map(str, worse)])
     assert res.exit_code == 1, res.output
     assert "FAIL bits4: mean_kld regressed" in res.output and "+10.00 %" in res.output
-    assert "gate FAILED: 4 checks, 1 regressions" in res.output
+    assert "gate FAILED: 3 checks, 1 regressions" in res.output
     assert json.loads((tmp_path / "w" / "gate.json").read_text())["passed"] is False
 
 
@@ -137,5 +143,7 @@ def test_committed_baseline_is_complete():
         b = gate.only_build(r, name)
         assert (r.text, r.n_tokens, r.judge) == (settings.text, settings.tokens // 512 * 255, settings.judge)
         assert all(getattr(b, m) is not None for m in gate.GATED)
+    klds = [gate.only_build(baseline[f"bits{b}"], b).mean_kld for b in sorted(settings.bits)]
+    assert klds == sorted(klds, reverse=True)  # more bits, closer to the source
     assert (gate.BASELINE_DIR / "accuracy_vs_size.png").exists() and (gate.BASELINE_DIR / "accuracy_vs_size.svg").exists()
     assert not list(gate.BASELINE_DIR.rglob("*.gguf"))
