@@ -23,7 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benches.quality import f32_base, judge_file, reference_logits  # noqa: E402
+from tests.integration.quality import f32_base, judge_file, reference_logits  # noqa: E402
 from quantkit.calibration.capture import calibration_ids, capture  # noqa: E402
 from quantkit.calibration.embed_importance import embed_importance  # noqa: E402
 from quantkit.calibration.text import eval_chunks  # noqa: E402

@@ -68,21 +68,23 @@ class Build:
         return "quantkit" if self.label.startswith("quantkit") else "llama.cpp"
 
 
-def _compress_child(base: str, out: str, preset: str, method: str, calib_tokens: int):
+def _compress_child(base: str, out: str, options: dict):
     from quantkit.compress import CompressOptions, run
 
     t = time.perf_counter()
-    r = run(GGUFSource(Path(base)), Path(out), CompressOptions(like=preset, method=method, eval_tokens=0,
-                                                              calib_tokens=calib_tokens, progress=False))
+    r = run(GGUFSource(Path(base)), Path(out), CompressOptions(eval_tokens=0, progress=False, **options))
     return str(r.path), time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def quantkit_build(base: Path, out: Path, preset: str, method: str, calib_tokens: int) -> Build:
+def quantkit_build(base: Path, out: Path, preset: str, method: str, calib_tokens: int, label: str | None = None,
+                   **options) -> Build:
     """`compress.run` in a fresh (spawned) process: seconds from the source opened to the file written, and that
-    process's peak RSS (interpreter and libraries included)."""
+    process's peak RSS (interpreter and libraries included). `--like preset` unless `options` name another size
+    (max_size=..., bits=...); `preset` is then the row's name."""
+    options = {"method": method, "calib_tokens": calib_tokens, **(options or {"like": preset})}
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        path, secs, rss = pool.submit(_compress_child, str(base), str(out), preset, method, calib_tokens).result()
-    return Build(preset, f"quantkit {method}", Path(path), secs, rss)
+        path, secs, rss = pool.submit(_compress_child, str(base), str(out), options).result()
+    return Build(preset, label or f"quantkit {method}", Path(path), secs, rss)
 
 
 def llama_cpp_build(base: Path, out: Path, preset: str, imatrix: Path | None, threads: int) -> Build:
@@ -177,8 +179,10 @@ class Comparison:
 
 
 def compare(presets, methods, *, n_chunks: int, calib_tokens: int, threads: int, work: Path,
-            log: Callable[[str], None] = print) -> Comparison:
-    """Build every row into work/builds, then judge them all against the F32 base on n_chunks of wiki."""
+            budget_methods=(), log: Callable[[str], None] = print) -> Comparison:
+    """Build every row into work/builds, then judge them all against the F32 base on n_chunks of wiki. For each of
+    `budget_methods` also a budget-allocated build, `--max-size` the size of llama.cpp's file at the preset (row
+    label "quantkit <method> budget")."""
     base = f32_base()
     builds_dir = work / "builds"
     builds_dir.mkdir(parents=True, exist_ok=True)
@@ -197,6 +201,12 @@ def compare(presets, methods, *, n_chunks: int, calib_tokens: int, threads: int,
             b = quantkit_build(base, builds_dir / f"quantkit-{preset}-{m}", preset, m, calib_tokens)
             builds.append(b)
             log(f"  {b.label:<17} {preset:<7} {b.seconds:7.1f}s  peak RSS {b.peak_rss_mib:,.0f} MiB")
+        size = next(b.path.stat().st_size for b in builds if b.preset == preset and b.label == PLAIN)
+        for m in budget_methods:
+            b = quantkit_build(base, builds_dir / f"quantkit-{preset}-{m}-budget", preset, m, calib_tokens,
+                               label=f"quantkit {m} budget", max_size=size)
+            builds.append(b)
+            log(f"  {b.label:<17} {preset:<7} {b.seconds:7.1f}s  --max-size {size:,}")
 
     with tempfile.TemporaryDirectory(dir=work, prefix=".ref-") as tmp:
         t = time.perf_counter()

@@ -1,10 +1,11 @@
 """Repeatability and resume on the real Gemma 3 270M, through the installed `quantkit` command:
 
-* two `compress` runs with the same options write byte-identical GGUFs;
-* a run stopped with SIGINT once some blocks are checkpointed (exit 130, the work folder kept), then continued
-  with `--resume`, writes the same bytes, and says which blocks it did not redo.
+a run stopped with SIGINT once some blocks are checkpointed (exit 130, the work folder kept), then continued with
+`--resume`, writes the same bytes as an uninterrupted run, and says which blocks it did not redo. Its blocks come
+from two processes and the uninterrupted run's from a third, so this also shows that runs with the same options
+write byte-identical GGUFs (the fast tier's tests/test_resume.py checks that directly on tiny models).
 
-The options keep it short: llama.cpp's Q4_K_M types, 4096 calibration tokens, no evaluation. Each run prints its
+The options keep it short: llama.cpp's Q4_K_M types, 2048 calibration tokens, no evaluation. Each run prints its
 file size and sha256.
 
 Run: .venv/bin/pytest -m integration tests/integration/test_resume_270m.py -s
@@ -25,7 +26,7 @@ import torch
 pytestmark = pytest.mark.integration
 
 QUANTKIT = Path(sys.executable).with_name("quantkit")
-ARGS = ["gemma3-270m", "--like", "Q4_K_M", "--calib-tokens", "4096", "--tokens", "0"]
+ARGS = ["gemma3-270m", "--like", "Q4_K_M", "--calib-tokens", "2048", "--tokens", "0"]
 N_LAYERS = 18
 STOP = 6  # SIGINT once block STOP has begun: blocks 0..STOP-1 are checkpointed
 TIMEOUT = 1800
@@ -54,14 +55,6 @@ def first(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("first")
     compress(out)
     return gguf(out)
-
-
-def test_two_runs_are_byte_identical(first, tmp_path):
-    compress(tmp_path)
-    print()
-    describe("run 1", first)
-    describe("run 2", gguf(tmp_path))
-    assert gguf(tmp_path).read_bytes() == first.read_bytes()
 
 
 def test_sigint_then_resume_gives_the_same_bytes(first, tmp_path):
