@@ -46,12 +46,12 @@ def main(argv=None) -> int:
     like, budget = f"quantkit {a.method}", f"quantkit {a.method} budget"
     print(f"\nGemma 3 270M; {cmp.n_chunks} chunks of wiki ({cmp.n_scored} scored tokens), judge llama.cpp; "
           f"calibration c4:{cmp.calib_tokens}; F32 base PPL {cmp.base_result.ppl:.4f}")
-    hdr = f"{'size of':<8} {'build':<24} {'bytes':>12} {'PPL':>9} {'mean KLD':>9} {'p99 KLD':>9} {'top-1 %':>8}"
+    hdr = f"{'size of':<8} {'build':<32} {'bytes':>12} {'PPL':>9} {'mean KLD':>9} {'p99 KLD':>9} {'top-1 %':>8}"
     print(hdr + "\n" + "-" * len(hdr))
     for preset in presets:
         for label, name in ((PLAIN, PLAIN), (IMAT, IMAT), (like, f"{like} --like"), (budget, f"{budget} --max-size")):
             _, r, size = cmp.get(preset, label)
-            print(f"{preset:<8} {name:<24} {size:>12,} {r.ppl:>9.4f} {r.mean_kld:>9.5f} {r.p99_kld:>9.5f} "
+            print(f"{preset:<8} {name:<32} {size:>12,} {r.ppl:>9.4f} {r.mean_kld:>9.5f} {r.p99_kld:>9.5f} "
                   f"{r.top1:>8.2f}")
     print(f"\nmean KLD ratios of the budget build ({a.method}, --max-size = llama.cpp's file size)")
     print(f"  {'preset':<8} {'/ --like':>9} {'/ llama.cpp+imat':>17} {'/ llama.cpp':>12}")

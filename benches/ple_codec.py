@@ -50,7 +50,7 @@ def main() -> None:
     ids = calibration_ids(tok, "c4", max(1, args.calib_tokens // 512), 512)
     quantkit_imp = embed_importance(capture(source.spec, source, ids, progress=False))
     print(f"importance capture: {ids.size} c4 tokens in {time.perf_counter() - t0:.0f} s", flush=True)
-    chunks = eval_chunks(tok, "wiki", args.chunks * 512, 512)
+    chunks = eval_chunks(tok, "wiki", args.chunks * 512, 512).ids
 
     cols = source.info(TABLE).shape[1]
     rows = []

@@ -2,7 +2,7 @@
 a few layers, at two layer counts, each built by `quantkit compress` in a child process whose peak RSS is read
 from getrusage.
 
-    .venv/bin/python benches/scale.py 31b --layers 1,3 --work /tmp/scale
+    .venv/bin/python benches/scale.py 31b --layers 2,4 --work /tmp/scale
 
 Each checkpoint is written once by benches/make_checkpoint.py (random weights, release layout, bf16 shards) and
 kept in --work. The build is `--bits 4 --method imatrix --calib-tokens 512 --tokens 0`: the full pipeline
@@ -44,7 +44,7 @@ def build(model: str, checkpoint: Path, out: Path) -> tuple[float, float, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", choices=["31b", "26b-a4b"])
-    ap.add_argument("--layers", default="1,3", help="comma-separated layer counts, ascending")
+    ap.add_argument("--layers", default="2,4", help="comma-separated layer counts, ascending")
     ap.add_argument("--work", type=Path, default=Path("/tmp/quantkit-scale"))
     args = ap.parse_args()
     counts = sorted(int(n) for n in args.layers.split(","))
