@@ -14,7 +14,7 @@ beyond the one block's weights the pipeline holds.
 from __future__ import annotations
 
 import argparse
-import resource
+import os
 import subprocess
 import sys
 import time
@@ -26,25 +26,26 @@ PY = str(ROOT / ".venv/bin/python")
 
 def build(model: str, checkpoint: Path, out: Path) -> tuple[float, float, int]:
     """(peak RSS in GB, wall seconds, file bytes) of one compress run in a fresh child process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     cmd = [str(ROOT / ".venv/bin/quantkit"), "compress", model, "--from", str(checkpoint), "--bits", "4",
            "--method", "imatrix", "--calib-tokens", "512", "--tokens", "0", "--out", str(out)]
     print("$", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True)
+    child = subprocess.Popen(cmd)
+    # wait4 gives this one child's own rusage (ru_maxrss in KiB on Linux); RUSAGE_CHILDREN would give the
+    # maximum over every child so far, which hides a flat or smaller second run
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if peak <= before:
-        # RUSAGE_CHILDREN keeps the largest child so far: a smaller later child cannot be read from it
-        raise SystemExit("run the smaller layer count first (getrusage reports the maximum over all children)")
+    if child.returncode:
+        raise SystemExit(f"quantkit compress exited with {child.returncode}")
     (gguf,) = out.glob("*.gguf")
-    return peak * 1024 / 1e9, seconds, gguf.stat().st_size
+    return usage.ru_maxrss * 1024 / 1e9, seconds, gguf.stat().st_size
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", choices=["31b", "26b-a4b"])
-    ap.add_argument("--layers", default="2,4", help="comma-separated layer counts, ascending")
+    ap.add_argument("--layers", default="2,4", help="comma-separated layer counts")
     ap.add_argument("--work", type=Path, default=Path("/tmp/quantkit-scale"))
     args = ap.parse_args()
     counts = sorted(int(n) for n in args.layers.split(","))
