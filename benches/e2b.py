@@ -5,7 +5,7 @@ and release layout, then llama.cpp loads the file, checks its logits are finite 
     .venv/bin/python benches/e2b.py /tmp/e2b --out /tmp/e2b-build [--max-size 1.4GB] [--method M] [--calib-tokens N]
 
 Prints the file's size by tensor group, the compress command's wall time and its peak RSS (the child process's
-maximum resident set, from getrusage), and llama.cpp's check. The targets of the issue: at most 1,500,000,000 bytes
+maximum resident set, benches/child.py), and llama.cpp's check. The targets of the issue: at most 1,500,000,000 bytes
 (or within 1% under --max-size), at most 20 minutes and 8 GB on 2 cores.
 
 The defaults fit that time on 2 cores: `--method imatrix` on 2,048 calibration tokens. quantkit's forward runs E2B at
@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,22 +25,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from child import run_compress  # noqa: E402
 from quantkit.inspect import inspect_path  # noqa: E402
 
 SIZE_LIMIT = 1_500_000_000
-
-
-def run_compress(checkpoint: Path, out: Path, size_args: list[str], extra: list[str]) -> tuple[Path, float, float]:
-    """Run the CLI in a child process; returns (gguf path, wall seconds, peak RSS in GB of that child)."""
-    cmd = [str(ROOT / ".venv/bin/quantkit"), "compress", "e2b", "--from", str(checkpoint), *size_args,
-           "--tokens", "0", "--out", str(out), *extra]
-    print("$", " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    seconds = time.perf_counter() - t0
-    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9  # ru_maxrss is in KiB on Linux
-    (gguf,) = out.glob("*.gguf")
-    return gguf, seconds, peak_gb
 
 
 def llama_cpp_check(path: Path, n_generate: int = 16) -> tuple[bool, list[int]]:
@@ -77,7 +62,7 @@ def main() -> None:
 
     size_args = ["--max-size", args.max_size] if args.max_size else ["--bits", "2"]
     extra = ["--method", args.method, "--calib-tokens", args.calib_tokens]
-    path, seconds, peak_gb = run_compress(args.checkpoint, args.out, size_args, extra)
+    path, seconds, peak_gb = run_compress("e2b", args.checkpoint, args.out, [*size_args, "--tokens", "0", *extra])
     inv = inspect_path(path)
     print(f"\n{path}")
     print(f"{'group':<12}{'params':>16}{'bytes':>16}{'bpw':>8}")

@@ -1,6 +1,6 @@
 """Peak memory of planning and building a large model is flat in its depth: the real 31B (or 26B-A4B) shapes with
-a few layers, at two layer counts, each built by `quantkit compress` in a child process whose peak RSS is read
-from getrusage.
+a few layers, at two layer counts, each built by `quantkit compress` in a child process whose own peak RSS is read
+(benches/child.py).
 
     .venv/bin/python benches/scale.py 31b --layers 2,4 --work /tmp/scale
 
@@ -14,10 +14,10 @@ beyond the one block's weights the pipeline holds.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
-import time
 from pathlib import Path
+
+from child import run_compress
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = str(ROOT / ".venv/bin/python")
@@ -25,20 +25,9 @@ PY = str(ROOT / ".venv/bin/python")
 
 def build(model: str, checkpoint: Path, out: Path) -> tuple[float, float, int]:
     """(peak RSS in GB, wall seconds, file bytes) of one compress run in a fresh child process."""
-    cmd = [str(ROOT / ".venv/bin/quantkit"), "compress", model, "--from", str(checkpoint), "--bits", "4",
-           "--method", "imatrix", "--calib-tokens", "512", "--tokens", "0", "--out", str(out)]
-    print("$", " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    child = subprocess.Popen(cmd)
-    # wait4 gives this one child's own rusage (ru_maxrss in KiB on Linux); RUSAGE_CHILDREN would give the
-    # maximum over every child so far, which hides a flat or smaller second run
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    seconds = time.perf_counter() - t0
-    if child.returncode:
-        raise SystemExit(f"quantkit compress exited with {child.returncode}")
-    (gguf,) = out.glob("*.gguf")
-    return usage.ru_maxrss * 1024 / 1e9, seconds, gguf.stat().st_size
+    gguf, seconds, peak = run_compress(model, checkpoint, out, ["--bits", "4", "--method", "imatrix",
+                                                                 "--calib-tokens", "512", "--tokens", "0"])
+    return peak, seconds, gguf.stat().st_size
 
 
 def main() -> None:
