@@ -10,7 +10,7 @@ the cache); quantkit calibrates on the same c4 text and as many tokens. The mach
 convention) is tests/integration/quality.py, shared with tests/integration/test_quality_llamacpp.py.
 
 Prints one table, the gptq KLD ratios to llama.cpp, and each quantkit gptq build's wall time and peak RSS; writes
-<out>/report.json (reports.results.RunReport), report.md and accuracy_vs_size.png/svg.
+<out>/report.json (reports.results.RunReport), report.md, accuracy_vs_size.png/svg and kld_by_preset.png/svg.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from gguf import GGUFReader  # noqa: E402
 
-from quantkit.reports.charts import accuracy_vs_size, markdown_table  # noqa: E402
+from quantkit.reports.charts import accuracy_vs_size, kld_by_preset, markdown_table  # noqa: E402
 from quantkit.reports.results import BuildResult, RunReport  # noqa: E402
 from tests.integration.quality import CHUNK, IMAT, METHODS, PLAIN, PRESETS, compare  # noqa: E402
 
@@ -71,6 +71,8 @@ def main(argv=None) -> int:
     (a.out / "report.md").write_text(markdown_table([report]))
     accuracy_vs_size([report], a.out / "accuracy_vs_size",
                      title=f"Gemma 3 270M, wiki {cmp.n_scored} tokens, llama.cpp judge")
+    kld_by_preset(report, a.out / "kld_by_preset", title=f"Gemma 3 270M: mean KLD against the F32 base at "
+                  f"llama.cpp's file sizes (wiki, {cmp.n_scored} scored tokens, llama.cpp judge)")
 
     hdr = (f"{'preset':<8} {'build':<17} {'bytes':>12} {'PPL':>9} {'mean KLD':>9} {'p99 KLD':>9} {'top-1 %':>8} "
            f"{'build s':>8}")

@@ -44,6 +44,10 @@ def accuracy_vs_size(reports: list[RunReport], out_stem: Path, title: str | None
     models = sorted({r.model for r in reports})
     fig.suptitle(title or f"accuracy vs size: {', '.join(Path(m).name for m in models)}", fontsize=10)
     fig.tight_layout()
+    return _save(fig, out_stem)
+
+
+def _save(fig, out_stem: Path) -> list[Path]:
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     for ext in ("png", "svg"):
@@ -52,6 +56,45 @@ def accuracy_vs_size(reports: list[RunReport], out_stem: Path, title: str | None
         paths.append(p)
     plt.close(fig)
     return paths
+
+
+def kld_by_preset(report: RunReport, out_stem: Path, title: str | None = None) -> list[Path]:
+    """Mean KLD as grouped bars, one group per preset, one bar per builder: for builds named
+    "<builder> <preset>" that share a file size (benches/quality.py), where a scatter against size
+    would stack every builder of a preset on one point. Written as PNG and SVG."""
+    presets: list[str] = []
+    builders: list[str] = []
+    kld: dict[tuple[str, str], float] = {}
+    tools: dict[str, str] = {}
+    for b in report.builds:
+        builder, _, preset = b.name.rpartition(" ")
+        if not builder or b.mean_kld is None:
+            continue
+        presets += [preset] if preset not in presets else []
+        builders += [builder] if builder not in builders else []
+        kld[builder, preset] = b.mean_kld
+        tools[builder] = b.tool
+    fig, ax = plt.subplots(figsize=(11, 4.2))
+    width = 0.8 / max(1, len(builders))
+    # shades per tool: llama.cpp's builders in oranges, quantkit's in blues, darker = later in the report
+    shades = {t: plt.get_cmap("Oranges" if t == "llama.cpp" else "Blues") for t in set(tools.values())}
+    count = {t: sum(1 for v in tools.values() if v == t) for t in shades}
+    seen = {t: 0 for t in shades}
+    for i, builder in enumerate(builders):
+        t = tools[builder]
+        seen[t] += 1
+        xs = [k + (i - (len(builders) - 1) / 2) * width for k, p in enumerate(presets) if (builder, p) in kld]
+        ys = [kld[builder, p] for p in presets if (builder, p) in kld]
+        ax.bar(xs, ys, width, label=builder, color=shades[t](0.35 + 0.55 * seen[t] / count[t]), edgecolor="black",
+               linewidth=0.4)
+    ax.set_xticks(range(len(presets)), presets)
+    ax.set_yscale("log")
+    ax.set_ylabel("mean KL divergence (log)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=len(builders))
+    ax.set_title(title or f"mean KLD by preset: {Path(report.model).name}", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out_stem)
 
 
 def markdown_table(reports: list[RunReport]) -> str:

@@ -3,7 +3,7 @@
 import pytest
 
 from quantkit.errors import BadFile
-from quantkit.reports.charts import accuracy_vs_size, markdown_table
+from quantkit.reports.charts import accuracy_vs_size, kld_by_preset, markdown_table
 from quantkit.reports.results import BuildResult, RunReport
 
 
@@ -36,6 +36,22 @@ def test_chart_and_table(tmp_path):
     table = markdown_table([_report()])
     assert "| quantkit --bits 4 | quantkit | 240.0 | 4.500 | 17.2000 | 0.01000 |" in table
     assert table.index("quantkit --bits 4") < table.index("llama.cpp Q4_0")  # sorted by size
+
+
+def test_kld_by_preset(tmp_path):
+    r = RunReport(model="gemma-3-270m", text="wiki", n_tokens=1020, judge="llama.cpp", reference_ppl=16.9, builds=[
+        BuildResult(f"{builder} {preset}", tool, size, 4.5, 20.0, kld, 1.0, 80.0)
+        for preset, size in (("Q2_K", 237_000_000), ("Q4_0", 241_400_000))
+        for builder, tool, kld in (("llama.cpp", "llama.cpp", 0.5), ("quantkit gptq", "quantkit", 0.2))
+    ] + [BuildResult("unnamed", "quantkit", 1, 4.5, 20.0, 0.1, 1.0, 80.0)])
+    png, svg = kld_by_preset(r, tmp_path / "bars")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    text = svg.read_text()
+    # matplotlib's SVG keeps every drawn string as a comment: one tick per preset, one legend entry per builder,
+    # nothing for a build whose name carries no preset
+    for label in ("Q2_K", "Q4_0", "llama.cpp", "quantkit gptq"):
+        assert f"<!-- {label} -->" in text
+    assert "unnamed" not in text
 
 
 def test_report_cli(tmp_path):
