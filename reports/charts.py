@@ -70,8 +70,10 @@ def kld_by_preset(report: RunReport, out_stem: Path, title: str | None = None) -
         builder, _, preset = b.name.rpartition(" ")
         if not builder or b.mean_kld is None:
             continue
-        presets += [preset] if preset not in presets else []
-        builders += [builder] if builder not in builders else []
+        if preset not in presets:
+            presets.append(preset)
+        if builder not in builders:
+            builders.append(builder)
         kld[builder, preset] = b.mean_kld
         tools[builder] = b.tool
     fig, ax = plt.subplots(figsize=(11, 4.2))
