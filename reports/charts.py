@@ -79,16 +79,14 @@ def kld_by_preset(report: RunReport, out_stem: Path, title: str | None = None) -
     fig, ax = plt.subplots(figsize=(11, 4.2))
     width = 0.8 / max(1, len(builders))
     # shades per tool: llama.cpp's builders in oranges, quantkit's in blues, darker = later in the report
-    shades = {t: plt.get_cmap("Oranges" if t == "llama.cpp" else "Blues") for t in set(tools.values())}
-    count = {t: sum(1 for v in tools.values() if v == t) for t in shades}
-    seen = {t: 0 for t in shades}
+    same_tool = {t: [b for b in builders if tools[b] == t] for t in tools.values()}
     for i, builder in enumerate(builders):
-        t = tools[builder]
-        seen[t] += 1
+        peers = same_tool[tools[builder]]
+        shade = plt.get_cmap("Oranges" if tools[builder] == "llama.cpp" else "Blues")
+        color = shade(0.35 + 0.55 * (peers.index(builder) + 1) / len(peers))
         xs = [k + (i - (len(builders) - 1) / 2) * width for k, p in enumerate(presets) if (builder, p) in kld]
         ys = [kld[builder, p] for p in presets if (builder, p) in kld]
-        ax.bar(xs, ys, width, label=builder, color=shades[t](0.35 + 0.55 * seen[t] / count[t]), edgecolor="black",
-               linewidth=0.4)
+        ax.bar(xs, ys, width, label=builder, color=color, edgecolor="black", linewidth=0.4)
     ax.set_xticks(range(len(presets)), presets)
     ax.set_yscale("log")
     ax.set_ylabel("mean KL divergence (log)")
