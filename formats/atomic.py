@@ -1,0 +1,87 @@
+"""The one way quantkit writes a file: a temporary file in the destination's directory, written, flushed and
+fsynced, checked by the caller, renamed over the destination, and the directory fsynced. Readers see the old file or
+the new one, never a part; any failure, an interrupt included, removes the temporary file.
+
+    with atomic_file(path, verify=check) as f:   # f: a binary file object; check(tmp_path) may raise
+        f.write(...)
+    atomic_write(path, data)                      # bytes, read back and compared before the rename
+
+Every writer (GGUF, safetensors, the work folder's checkpoints, reports) goes through here.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator
+
+from quantkit.errors import IOFailure
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(d: Path) -> None:
+    """Make a rename inside `d` durable (best effort: some file systems refuse a directory fsync)."""
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temp_path(path: Path) -> tuple[int, Path]:
+    """A new temporary file beside `path`: (open descriptor, its path)."""
+    try:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    except OSError as e:
+        raise IOFailure(f"{path}: cannot create a temporary file in {path.parent} ({e.strerror})") from e
+    return fd, Path(name)
+
+
+@contextmanager
+def atomic_file(path: Path, verify: Callable[[Path], None] | None = None, durable: bool = True
+                ) -> Iterator[BinaryIO]:
+    """Write `path` through a temporary file (see the module doc). `verify(tmp)` runs after the fsync and before the
+    rename; `durable=False` skips both fsyncs (work-folder checkpoints, which a crash may lose but never corrupt)."""
+    path = Path(path)
+    fd, tmp = temp_path(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+        if verify is not None:
+            verify(tmp)
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; a build is an ordinary file
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise IOFailure(f"{path}: writing failed ({e.strerror or e})") from e
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def atomic_write(path: Path, data: bytes, durable: bool = True) -> Path:
+    """`data` to `path` atomically, read back and compared before the rename."""
+
+    def same(tmp: Path) -> None:
+        if tmp.read_bytes() != data:
+            raise IOFailure(f"{tmp}: bytes read back differ from those written")
+
+    with atomic_file(path, verify=same if durable else None, durable=durable) as f:
+        f.write(data)
+    return Path(path)
