@@ -31,7 +31,7 @@ start are not in the result (the head's, which the lookup-table importance needs
 
 from __future__ import annotations
 
-from dataclasses import replace, dataclass, field, fields
+from dataclasses import dataclass, fields, replace
 from typing import Callable, Mapping
 
 import numpy as np
@@ -79,7 +79,6 @@ class CaptureResult:
     # token embedding: E[(w_in / rms(x0))^2] per hidden dim at layer 0's input norm, x0 = embed * sqrt(H)
     embed_norm_gain: np.ndarray | None = None
     n_tokens: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass

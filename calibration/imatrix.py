@@ -88,30 +88,25 @@ def from_stats(stats: Mapping[str, LinearStats], datasets: list[str] | None = No
 
 
 def write_imatrix(path: str | Path, imatrix: Imatrix) -> Path:
-    """Write `imatrix` as llama.cpp's GGUF imatrix file (tmp file + rename)."""
-    import os
+    """Write `imatrix` as llama.cpp's GGUF imatrix file, through formats.gguf_writer (so formats.atomic): the
+    bytes gguf-py's GGUFWriter writes for it, which also always adds general.architecture (llama.cpp's loader
+    ignores it in an imatrix)."""
+    from gguf import GGUFValueType
 
-    from gguf import GGUFWriter
+    from quantkit.formats import gguf_writer as gw
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    # gguf-py always writes general.architecture; llama.cpp's loader ignores it in an imatrix
-    w = GGUFWriter(str(tmp), "imatrix")
-    w.add_type("imatrix")
-    w.add_array(KEY_DATASETS, list(imatrix.datasets))
-    w.add_uint32(KEY_CHUNK_COUNT, int(imatrix.chunk_count))
-    w.add_uint32(KEY_CHUNK_SIZE, int(imatrix.chunk_size))
+    meta = {"general.architecture": gw.string("imatrix"), "general.type": gw.string("imatrix")}
+    if imatrix.datasets:  # gguf-py leaves an empty array out; llama-quantize then refuses the file
+        meta[KEY_DATASETS] = gw.array(imatrix.datasets, GGUFValueType.STRING)
+    meta[KEY_CHUNK_COUNT] = gw.u32(imatrix.chunk_count)
+    meta[KEY_CHUNK_SIZE] = gw.u32(imatrix.chunk_size)
+    data = {}
     for g in sorted(imatrix.sums):
         s = np.ascontiguousarray(imatrix.sums[g], np.float32)
-        c = np.asarray(imatrix.counts[g], np.float32).reshape(-1, 1)
-        w.add_tensor(f"{g}.in_sum2", s.reshape(-1, s.shape[-1]))
-        w.add_tensor(f"{g}.counts", c)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    os.replace(tmp, path)
-    return path
+        data[f"{g}.in_sum2"] = s.reshape(-1, s.shape[-1])
+        data[f"{g}.counts"] = np.asarray(imatrix.counts[g], np.float32).reshape(-1, 1)
+    tensors = [gw.TensorEntry(name, a.shape, "F32") for name, a in data.items()]
+    return gw.write(Path(path), meta, tensors, lambda t: np.ascontiguousarray(data[t.name], "<f4"))
 
 
 def read_imatrix(path: str | Path) -> Imatrix:

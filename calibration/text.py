@@ -40,7 +40,7 @@ def _wheel_member(name: str) -> str:
 
 def wiki_documents() -> list[str]:
     """WikiExtractor pages with the <doc> tags and title line removed; title-only pages skipped
-    (the preparation of anchors-270m.md: 1,786,996 bytes once joined by blank lines)."""
+    (the preparation behind the llama.cpp 270M anchors: 1,786,996 bytes once joined by blank lines)."""
     raw = _wheel_member("wiki.utf8")
     docs = []
     for page in re.findall(r"<doc[^>]*>\n(.*?)</doc>", raw, re.S):

@@ -50,18 +50,16 @@ def temp_path(path: Path) -> tuple[int, Path]:
 
 
 @contextmanager
-def atomic_file(path: Path, verify: Callable[[Path], None] | None = None, durable: bool = True
-                ) -> Iterator[BinaryIO]:
+def atomic_file(path: Path, verify: Callable[[Path], None] | None = None) -> Iterator[BinaryIO]:
     """Write `path` through a temporary file (see the module doc). `verify(tmp)` runs after the fsync and before the
-    rename; `durable=False` skips both fsyncs (work-folder checkpoints, which a crash may lose but never corrupt)."""
+    rename."""
     path = Path(path)
     fd, tmp = temp_path(path)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
-            if durable:
-                os.fsync(f.fileno())
+            os.fsync(f.fileno())
         if verify is not None:
             verify(tmp)
         os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; a build is an ordinary file
@@ -71,17 +69,16 @@ def atomic_file(path: Path, verify: Callable[[Path], None] | None = None, durabl
         if isinstance(e, OSError):
             raise IOFailure(f"{path}: writing failed ({e.strerror or e})") from e
         raise
-    if durable:
-        fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def atomic_write(path: Path, data: bytes, durable: bool = True) -> Path:
+def atomic_write(path: Path, data: bytes) -> Path:
     """`data` to `path` atomically, read back and compared before the rename."""
 
     def same(tmp: Path) -> None:
         if tmp.read_bytes() != data:
             raise IOFailure(f"{tmp}: bytes read back differ from those written")
 
-    with atomic_file(path, verify=same if durable else None, durable=durable) as f:
+    with atomic_file(path, verify=same) as f:
         f.write(data)
     return Path(path)

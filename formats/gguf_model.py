@@ -21,7 +21,6 @@ llama.cpp's fallback type is used (registry.fallback_type).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -31,12 +30,13 @@ from gguf.constants import GGUFValueType, LlamaFileType
 
 import quantkit
 from quantkit.errors import BadInput, UnsupportedModel
-from quantkit.formats import gguf_vocab, gguf_writer, names
+from quantkit.formats import gguf_vocab, gguf_writer
 from quantkit.formats.gguf_source import GGUFSource
 from quantkit.formats.gguf_writer import TensorEntry, Value, array, f32, string, u32
 from quantkit.formats.source import TensorSource
 from quantkit.kernels import registry
 from quantkit.models.spec import ModelSpec
+from quantkit.tensor_table import kept_f32
 
 ROPE_FREQS = "rope_freqs.weight"
 QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION
@@ -49,12 +49,13 @@ _FILE_TYPE = {
     "Q6_K": "MOSTLY_Q6_K", "IQ2_XXS": "MOSTLY_IQ2_XXS", "IQ2_XS": "MOSTLY_IQ2_XS", "IQ3_XXS": "MOSTLY_IQ3_XXS",
     "IQ4_NL": "MOSTLY_IQ4_NL", "IQ4_XS": "MOSTLY_IQ4_XS",
 }
-_FLOATS = ("F32", "F16", "BF16")
 CHUNK_VALUES = 1 << 25  # 2-D tensors larger than this (128 MB as float32) are read and quantized in row chunks
 
 
 @dataclass(frozen=True)
-class PlannedTensor:
+class FileTensor:
+    """A tensor as the GGUF file holds it."""
+
     canonical: str | None  # None for tensors derived here (rope_freqs)
     entry: TensorEntry
     requested: str  # the type asked for (entry.type_name may be llama.cpp's fallback)
@@ -64,63 +65,33 @@ class PlannedTensor:
         return self.entry.nbytes
 
 
-def always_f32(gguf_name: str, shape: tuple[int, ...]) -> bool:
-    """Tensors llama.cpp's converter always writes as F32 (conversion/base.py prepare_tensors):
-    1-D tensors, `*_norm.weight`, the MoE router `ffn_gate_inp.weight`, and names not ending
-    `.weight` (the `.scale` tensors)."""
-    return (
-        len(shape) <= 1
-        or gguf_name.endswith("_norm.weight")
-        or re.fullmatch(r"blk\.\d+\.ffn_gate_inp\.weight", gguf_name) is not None
-        or not gguf_name.endswith(".weight")
-    )
-
-
-def _is_hf(source: TensorSource) -> bool:
-    return not isinstance(source, GGUFSource)
-
-
-def _embed_rows(source: TensorSource) -> int | None:
-    """Rows of embed_tokens after the converter's OOV trim (Hugging Face sources only)."""
-    if not _is_hf(source) or "embed_tokens.weight" not in source.infos:
-        return None
-    rows = source.infos["embed_tokens.weight"].shape[0]
-    n = gguf_vocab.vocab_size(source.path)
-    return n if n < rows else None
-
-
-def plan_gguf(source: TensorSource, types: Mapping[str, str] | None = None) -> list[PlannedTensor]:
+def plan_gguf(source: TensorSource, types: Mapping[str, str] | None = None) -> list[FileTensor]:
+    """The file's tensors in order: rope_freqs (Gemma 4), then the source's tensors as its tensor table stores
+    them, each at the type `types` asks for or llama.cpp's fallback for its rows (F32 where not named)."""
     types = dict(types or {})
     unknown = sorted(set(types) - set(source.infos))
     if unknown:
         raise BadInput(f"the type plan names tensors the model does not have: {', '.join(unknown[:5])}")
-    out: list[PlannedTensor] = []
+    out: list[FileTensor] = []
     rope = _rope_freqs(source)
     if rope is not None:
-        out.append(PlannedTensor(None, TensorEntry(ROPE_FREQS, rope.shape, "F32"), "F32"))
-    trim = _embed_rows(source)
-    for canon, info in source.infos.items():
-        gname = names.to_gguf(canon)
-        if gname is None:
-            raise UnsupportedModel(f"{source.path}: tensor {info.file_name!r} has no llama.cpp GGUF name")
-        shape = tuple(info.shape)
-        if canon == "embed_tokens.weight" and trim is not None:
-            shape = (trim, *shape[1:])
-        want = registry.get(types.get(canon, "F32")).name
-        if always_f32(gname, shape) and want != "F32":
-            raise BadInput(f"tensor {gname}: llama.cpp keeps it in F32 (1-D, norm, router or scale); the plan asks for {want}")
-        actual = want if want in _FLOATS else registry.fallback_type(want, shape[-1])
-        out.append(PlannedTensor(canon, TensorEntry(gname, shape, actual), want))
+        out.append(FileTensor(None, TensorEntry(ROPE_FREQS, rope.shape, "F32"), "F32"))
+    for row in source.table.values():
+        want = registry.get(types.get(row.name, "F32")).name
+        if row.fixed and want != row.fixed:
+            raise BadInput(f"tensor {row.gguf}: llama.cpp keeps it in F32 (1-D, norm, router or scale); the plan asks for {want}")
+        actual = want if want in registry.FLOATS else registry.fallback_type(want, row.cols)
+        out.append(FileTensor(row.name, TensorEntry(row.gguf, row.shape, actual), want))
     return out
 
 
-def file_type(plan: list[PlannedTensor]) -> int:
+def file_type(plan: list[FileTensor]) -> int:
     """general.file_type: the type holding most weights among the tensors that may be quantized."""
     counts: dict[str, int] = {}
     for p in plan:
-        if not always_f32(p.entry.name, p.entry.shape):
+        if not kept_f32(p.entry.name, p.entry.shape):
             counts[p.entry.type_name] = counts.get(p.entry.type_name, 0) + int(np.prod(p.entry.shape))
-    quant = {t: n for t, n in counts.items() if t not in _FLOATS}
+    quant = {t: n for t, n in counts.items() if t not in registry.FLOATS}
     pool = quant or counts
     top = max(sorted(pool), key=pool.get) if pool else "F32"
     return int(LlamaFileType[_FILE_TYPE[top]])
@@ -159,13 +130,10 @@ def write_gguf(
             return registry.quantize("F32", rope, name=entry.name)
         if encoded is not None and (data := encoded(p.canonical)) is not None:
             return data
-        imp = None if entry.type_name in _FLOATS else importance.get(p.canonical)
+        imp = None if entry.type_name in registry.FLOATS else importance.get(p.canonical)
         if len(entry.shape) == 2 and entry.shape[0] * entry.shape[1] > CHUNK_VALUES:
             return _quantize_rows(source, p.canonical, entry, imp, effort)
-        a = source.get(p.canonical)
-        if a.shape != entry.shape:
-            a = a[: entry.shape[0]]  # embed_tokens: OOV rows trimmed
-        return _quantize(entry, a, imp, effort)
+        return _quantize(entry, source.table.read(p.canonical), imp, effort)
 
     return gguf_writer.write(Path(out_path), meta, [p.entry for p in plan], encode, progress=progress)
 
@@ -214,7 +182,7 @@ def _rope_freqs(source: TensorSource) -> np.ndarray | None:
 
 # -- metadata -----------------------------------------------------------------------------------
 
-def gguf_metadata(source: TensorSource, plan: list[PlannedTensor], provenance: Mapping[str, str] | None = None) -> dict[str, Value]:
+def gguf_metadata(source: TensorSource, plan: list[FileTensor], provenance: Mapping[str, str] | None = None) -> dict[str, Value]:
     ftype = file_type(plan)
     if isinstance(source, GGUFSource):
         meta = _carried_metadata(source, ftype)
@@ -249,7 +217,7 @@ def _carried_metadata(source: GGUFSource, ftype: int) -> dict[str, Value]:
     return meta
 
 
-def _parameter_counts(plan: list[PlannedTensor]) -> tuple[int, int, int, int]:
+def _parameter_counts(plan: list[FileTensor]) -> tuple[int, int, int, int]:
     """(total, shared, per-expert, expert count) over the written tensors, counted like
     gguf-py's GGUFWriter.get_total_parameter_count (3-D `_exps.` tensors are per-expert)."""
     total = shared = expert = expert_sum = n_exp = 0
@@ -266,7 +234,7 @@ def _parameter_counts(plan: list[PlannedTensor]) -> tuple[int, int, int, int]:
     return total, shared, expert, expert_sum // n_exp if n_exp else 0
 
 
-def _general_metadata(source: TensorSource, plan: list[PlannedTensor]) -> dict[str, Value]:
+def _general_metadata(source: TensorSource, plan: list[FileTensor]) -> dict[str, Value]:
     """general.* as the converter writes them: gguf-py's Metadata heuristics over the model
     card, config and directory name (name, basename, size label, license, sampling, ...)."""
     import gguf

@@ -8,19 +8,17 @@ Layout (GGUF v3, little-endian; the same one formats.gguf_reader parses):
     | zero padding to the alignment | each tensor's bytes, zero-padded to the alignment
 Offsets in the tensor infos are relative to the start of the data section.
 
-Safety: the file is written under a temporary name in the destination folder,
-re-opened with GGUFFile and checked (tensor count, names, shapes, types, byte
-ranges, a SHA-256 of each tensor's bytes taken while writing), fsynced, and only
-then renamed over the destination. Any failure, an interrupt included, removes
-the temporary file and leaves the destination untouched.
+Safety (formats.atomic): the file is written under a temporary name in the
+destination folder, fsynced, re-opened with GGUFFile and checked (tensor count,
+names, shapes, types, byte ranges, a SHA-256 of each tensor's bytes taken while
+writing), and only then renamed over the destination. Any failure, an interrupt
+included, removes the temporary file and leaves the destination untouched.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -29,6 +27,7 @@ import numpy as np
 from gguf.constants import GGUFValueType
 
 from quantkit.errors import BadInput, IOFailure, QuantkitError
+from quantkit.formats.atomic import atomic_file
 from quantkit.formats.gguf_reader import MAGIC, GGUFFile
 from quantkit.kernels import registry
 
@@ -171,51 +170,35 @@ def write(
     alignment = _alignment(metadata)
     header, offsets, total = layout(metadata, tensors)
     digests: list[bytes] = []
-    fd, tmp_name = _mkstemp(path)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            bar = _progress(sum(t.nbytes for t in tensors), path, progress)
-            try:
-                for t in tensors:
-                    data = encode(t)
-                    chunks = [data] if isinstance(data, (bytes, np.ndarray)) else data
-                    digest, written = hashlib.sha256(), 0
-                    for chunk in chunks:
-                        buf = memoryview(np.ascontiguousarray(np.frombuffer(chunk, np.uint8) if isinstance(chunk, bytes) else chunk)).cast("B")
-                        written += buf.nbytes
-                        if written > t.nbytes:
-                            break
-                        digest.update(buf)
-                        f.write(buf)
-                        bar.update(buf.nbytes)
-                        del chunk, buf
-                    if written != t.nbytes:
-                        raise BadInput(f"tensor {t.name!r}: encoder returned {written} bytes, the plan says {t.nbytes} ({t.type_name} {t.shape})")
-                    digests.append(digest.digest())
-                    f.write(b"\0" * (_pad(t.nbytes, alignment) - t.nbytes))
-                    del data, chunks
-            finally:
-                bar.close()
-            f.flush()
-            os.fsync(f.fileno())
+
+    def check(tmp: Path) -> None:
         _verify(tmp, metadata, tensors, offsets, len(header), total, digests)
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise IOFailure(f"{path}: writing failed ({e.strerror or e})") from e
-        raise
-    _fsync_dir(path.parent)
+
+    with atomic_file(path, verify=check) as f:
+        f.write(header)
+        bar = _progress(sum(t.nbytes for t in tensors), path, progress)
+        try:
+            for t in tensors:
+                data = encode(t)
+                chunks = [data] if isinstance(data, (bytes, np.ndarray)) else data
+                digest, written = hashlib.sha256(), 0
+                for chunk in chunks:
+                    buf = memoryview(np.ascontiguousarray(np.frombuffer(chunk, np.uint8) if isinstance(chunk, bytes) else chunk)).cast("B")
+                    written += buf.nbytes
+                    if written > t.nbytes:
+                        break
+                    digest.update(buf)
+                    f.write(buf)
+                    bar.update(buf.nbytes)
+                    del chunk, buf
+                if written != t.nbytes:
+                    raise BadInput(f"tensor {t.name!r}: encoder returned {written} bytes, the plan says {t.nbytes} ({t.type_name} {t.shape})")
+                digests.append(digest.digest())
+                f.write(b"\0" * (_pad(t.nbytes, alignment) - t.nbytes))
+                del data, chunks
+        finally:
+            bar.close()
     return path
-
-
-def _mkstemp(path: Path) -> tuple[int, str]:
-    try:
-        return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    except OSError as e:
-        raise IOFailure(f"{path}: cannot create a temporary file in {path.parent} ({e.strerror})") from e
 
 
 def _verify(tmp: Path, metadata, tensors, offsets, data_start, total, digests) -> None:
@@ -241,19 +224,6 @@ def _verify(tmp: Path, metadata, tensors, offsets, data_start, total, digests) -
                 raise IOFailure(f"{tmp}: tensor {t.name!r} bytes read back differ from those written (checksum)")
     finally:
         f.close()
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _progress(total: int, path: Path, enabled: bool):

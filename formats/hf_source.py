@@ -80,7 +80,7 @@ class HFSource(TensorSource):
         self.skipped = {"towers": 0, "unused shared-layer K/V": 0}
         implied = tensor_shapes(self.spec)
         for file_name, shard in shard_map(self.path).items():
-            canon = _canonical(file_name)
+            canon = canonical_name(file_name)
             if canon is None:
                 self.skipped["towers"] += 1
                 continue
@@ -162,7 +162,10 @@ class HFSource(TensorSource):
         return from_tokenizer_json(path, self.spec.bos_token_id)
 
 
-def _canonical(file_name: str) -> str | None:
+def canonical_name(file_name: str) -> str | None:
+    """A Hugging Face tensor name -> quantkit's canonical name (the `model.language_model.` or `model.` prefix
+    stripped), or None for the tied `lm_head.weight` and every vision/audio tower tensor. The one home of
+    this rule: quantkit.models.gemma.hf_state_to_canonical applies it to in-memory state dicts."""
     if file_name.startswith(SKIPPED_PREFIXES):
         return None
     for p in TEXT_PREFIXES:

@@ -81,3 +81,26 @@ def layer_of(name: str) -> int | None:
 def is_norm(name: str) -> bool:
     """RMSNorm weights (GGUF: `*_norm.weight`); stored as effective multipliers."""
     return "norm" in name.rsplit(".", 2)[-2] if name.endswith(".weight") else False
+
+
+GROUPS = ("embeddings", "ple", "attention", "mlp", "experts", "norms", "towers", "other")
+
+
+def group_of(name: str) -> str:
+    """Tensor group of a canonical (or compressed-tensors) name: the rows of every size table."""
+    base = name.split(".weight_")[0]
+    if base.startswith(("vision_tower.", "audio_tower.", "embed_vision.", "embed_audio.")):
+        return "towers"
+    if is_norm(base) or base.endswith(("layer_scalar", "router.scale", "per_expert_scale")) or base.startswith("rope_freqs"):
+        return "norms"
+    if base.startswith("embed_tokens_per_layer") or "per_layer_" in base:
+        return "ple"
+    if base.startswith(("embed_tokens", "lm_head")):
+        return "embeddings"
+    if ".experts." in base or ".router." in base:
+        return "experts"
+    if ".self_attn." in base:
+        return "attention"
+    if ".mlp." in base:
+        return "mlp"
+    return "other"

@@ -4,24 +4,13 @@
     write_safetensors(source, "out/model-w4g128", schemes, importance, provenance)
 
 The source must be a Hugging Face checkpoint directory (formats.hf_source). Every tensor keeps the source's
-own name. Each quantized Linear `<m>.weight` becomes, in compressed-tensors' "pack-quantized" format
-(compressed_tensors/compressors/pack_quantized, quantization.md §5):
-
-    <m>.weight_packed      int32 [out, ceil(in·b/32)]   codes + 2^(b-1), element i at bits i·b.. (little-endian)
-    <m>.weight_scale       source dtype [out, in/group] ([out, 1] per channel)
-    <m>.weight_zero_point  int32 [ceil(out·b/32), groups], packed the same way along dim 0 (asymmetric only)
-    <m>.weight_shape       int64 [2] = [out, in]
-
-and decodes to w = (q - zp) · scale, computed in the dtype the scale has when it is applied
-(compressed-tensors `_dequantize`): the stored dtype in the library's decompress (`stored_values` gives exactly
-those numbers), the model's dtype after transformers' default load (in fp32 that is group_dequantize's exact
-product). Codes and scales come from kernels/group.py (scales rounded to the storage dtype before the codes are
-chosen) or, for GPTQ, from `encoded(name)`.
+own name. Each quantized Linear `<m>.weight` becomes the four tensors of compressed-tensors' "pack-quantized"
+format (formats.pack_quantized); codes and scales come from kernels/group.py or, for GPTQ, from `encoded(name)`.
 
 Everything else is copied byte for byte in the source's dtype: norms, scalars, the MoE router and expert
 stacks (3-D parameters of one module, which pack-quantized does not cover: it handles Linear and Embedding
 modules), the lookup tables (below) and the vision/audio towers. config.json is the
-source's with `quantization_config` added (schema: quantization.md §5; `ignore` names every Linear or
+source's with `quantization_config` added (compressed-tensors' QuantizationConfig schema; `ignore` names every Linear or
 Embedding module that stays unquantized); shards over `shard_bytes` are split with
 model.safetensors.index.json; tokenizer, generation and processor files are copied from the source.
 Tensors the source carries but no runtime reads (the KV-shared layers' k/v projections, see
@@ -41,10 +30,10 @@ path decodes every dense module with the first config group's scheme, so it need
 multiple of the group size: true of Gemma 3 270M, Gemma 4 E2B, E4B and 31B at 128; the 26B-A4B's 2112-wide down
 projections take group 64, a second group).
 
-Safety: the whole directory is built under a temporary name beside the destination; each shard is
-verified as formats.safetensors_writer does, each JSON and copied file is read back and compared, all
-are fsynced, and the directory is renamed into place at the end. Any failure removes it and leaves the
-destination as it was.
+Safety: the whole directory is built under a temporary name beside the destination; every file in it
+is written through formats.atomic (each shard verified as formats.safetensors_writer does, each JSON and
+copied file read back and compared), the directory is fsynced and renamed into place at the end. Any
+failure removes it and leaves the destination as it was.
 """
 
 from __future__ import annotations
@@ -64,14 +53,14 @@ import torch
 import quantkit
 from quantkit.errors import BadInput, IOFailure, UnsupportedModel
 from quantkit.formats import names, safetensors_writer
-from quantkit.formats.hf_source import HFSource, _canonical, shard_map
+from quantkit.formats.atomic import atomic_write, fsync_dir, umask
+from quantkit.formats.hf_source import HFSource, canonical_name, shard_map
+from quantkit.formats.pack_quantized import (CT_FORMAT, CT_VERSION, SCALE_DTYPE, TORCH_DTYPE, IntScheme, fit_group,
+                                             pack_int32, pack_zero_points)
 from quantkit.formats.safetensors_writer import TensorEntry
 from quantkit.formats.source import TensorSource
 from quantkit.kernels import group
 
-CT_FORMAT = "pack-quantized"
-CT_VERSION = "0.20.0"  # the compressed-tensors release whose layout and config schema this follows
-BITS = (2, 4, 8)  # 3-bit packing changed in compressed-tensors 0.20 (PR #715); 2/4/8 read the same in every release
 DEFAULT_SHARD_BYTES = 4 * 10**9
 CHUNK_VALUES = 1 << 25  # tensors larger than this are read, quantized and written in chunks of rows
 PROVENANCE_KEYS = ("recipe", "calibration", "imatrix")
@@ -79,78 +68,6 @@ LOOKUP_TABLES = ("embed_tokens.weight", "embed_tokens_per_layer.weight")
 SIDE_FILES = ("generation_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template.json",
               "chat_template.jinja", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
               "processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json")
-_TORCH = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
-SCALE_DTYPE = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
-
-
-@dataclass(frozen=True)
-class IntScheme:
-    """Weight-only integer quantization of one tensor: b-bit codes, one scale (and zero point) per group
-    of `group_size` weights along the row, or per output channel with group_size -1."""
-
-    bits: int
-    group_size: int = 128
-    symmetric: bool = True
-
-    def __post_init__(self):
-        if self.bits not in BITS:
-            raise BadInput(f"{self.bits}-bit pack-quantized weights are not supported; use one of {BITS}")
-        if self.group_size not in group.SUPPORTED_GROUPS:
-            raise BadInput(f"group size {self.group_size} is not supported; use one of {group.SUPPORTED_GROUPS}")
-
-    @property
-    def label(self) -> str:
-        g = "channel" if self.group_size == -1 else f"g{self.group_size}"
-        return f"int{self.bits}-{g}" + ("" if self.symmetric else "-asym")
-
-    def weights_args(self) -> dict:
-        """The `weights` entry of a config group (compressed-tensors QuantizationArgs)."""
-        return {"num_bits": self.bits, "type": "int", "symmetric": self.symmetric,
-                "strategy": "channel" if self.group_size == -1 else "group",
-                "group_size": self.group_size, "actorder": None, "dynamic": False,
-                "block_structure": None, "scale_dtype": None, "zp_dtype": None}
-
-    def n_groups(self, cols: int) -> int:
-        return 1 if self.group_size == -1 else cols // self.group_size
-
-
-# ---------------------------------------------------------------- the int32 packing
-
-
-def pack_int32(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Signed b-bit codes [rows, cols] (int8) -> int32 [rows, ceil(cols·b/32)]: code + 2^(b-1) of element j
-    at bits (j·b) mod 32 of word (j·b) div 32, little-endian (compressed-tensors `pack_to_int32`, b | 32)."""
-    if bits not in BITS:
-        raise BadInput(f"cannot pack {bits}-bit codes; use one of {BITS}")
-    rows, cols = codes.shape
-    per = 32 // bits
-    u = (codes.astype(np.int32) + (1 << (bits - 1))).astype(np.uint32)
-    pad = -cols % per
-    if pad:
-        u = np.pad(u, ((0, 0), (0, pad)))
-    shifts = (np.arange(per, dtype=np.uint32) * np.uint32(bits))
-    words = np.bitwise_or.reduce(u.reshape(rows, -1, per) << shifts, axis=2)
-    return np.ascontiguousarray(words.astype(np.uint32).view(np.int32))
-
-
-def unpack_int32(words: np.ndarray, bits: int, cols: int) -> np.ndarray:
-    """Inverse of pack_int32: int32 [rows, words] -> int8 codes [rows, cols]."""
-    per = 32 // bits
-    u = words.view(np.uint32)[:, :, None] >> (np.arange(per, dtype=np.uint32) * np.uint32(bits))
-    u = (u & np.uint32((1 << bits) - 1)).reshape(words.shape[0], -1)[:, :cols]
-    return (u.astype(np.int16) - (1 << (bits - 1))).astype(np.int8)
-
-
-def pack_zero_points(zps: np.ndarray, bits: int) -> np.ndarray:
-    """Zero points [rows, groups] packed along dim 0 -> int32 [ceil(rows·b/32), groups]."""
-    return np.ascontiguousarray(pack_int32(np.ascontiguousarray(zps.T), bits).T)
-
-
-def stored_values(gq: group.GroupQuant, dtype: str) -> np.ndarray:
-    """The weights a runtime decodes from the stored tensors, as float32: (q - zp) · scale evaluated in the
-    scale's dtype (the float32 product of a 9-bit integer and a bf16/fp16 scale is exact, so this is the
-    float32 result rounded once to that dtype)."""
-    return torch.from_numpy(group.group_dequantize(gq)).to(_TORCH[dtype]).float().numpy()
 
 
 # ---------------------------------------------------------------- the plan
@@ -161,17 +78,6 @@ def quantizable(name: str, shape: tuple[int, ...]) -> bool:
     the MoE router stay in the source dtype)."""
     return (len(shape) == 2 and name.endswith(".weight") and not names.is_norm(name) and name not in LOOKUP_TABLES
             and not name.endswith("router.proj.weight"))
-
-
-def fit_group(cols: int, group_size: int) -> int:
-    """`group_size` if it divides the row, else the largest smaller supported group that does, else -1 (one
-    group per output channel)."""
-    if group_size == -1:
-        return -1
-    for g in sorted((g for g in group.SUPPORTED_GROUPS if 0 < g <= group_size), reverse=True):
-        if cols % g == 0:
-            return g
-    return -1
 
 
 def uniform_schemes(source: TensorSource, bits: int, group_size: int = 128, symmetric: bool = True
@@ -185,7 +91,7 @@ def uniform_schemes(source: TensorSource, bits: int, group_size: int = 128, symm
 
 
 @dataclass(frozen=True)
-class PlannedTensor:
+class BuildTensor:
     """One tensor of the source and what the build stores for it."""
 
     file_name: str  # the source's name, e.g. model.language_model.layers.0.self_attn.q_proj.weight
@@ -218,7 +124,7 @@ def _entries(file_name: str, shape: tuple[int, ...], dtype: str, s: IntScheme | 
     return tuple(out)
 
 
-def plan_safetensors(source: TensorSource, schemes: Mapping[str, IntScheme] | None = None) -> list[PlannedTensor]:
+def plan_safetensors(source: TensorSource, schemes: Mapping[str, IntScheme] | None = None) -> list[BuildTensor]:
     """What would be written, in the source's file order."""
     if not isinstance(source, HFSource):
         raise UnsupportedModel(f"{source.path}: safetensors builds are written from a Hugging Face checkpoint "
@@ -232,7 +138,7 @@ def plan_safetensors(source: TensorSource, schemes: Mapping[str, IntScheme] | No
     out = []
     handles = {}
     for file_name, shard in shard_map(source.path).items():
-        canon = _canonical(file_name)
+        canon = canonical_name(file_name)
         if canon is not None and canon not in source.infos:
             continue  # unused KV-shared k/v projections: nothing reads them
         if shard not in handles:
@@ -246,18 +152,18 @@ def plan_safetensors(source: TensorSource, schemes: Mapping[str, IntScheme] | No
                                "cannot load a compressed Gemma embedding, vLLM has no quantized Embedding)")
             if not quantizable(canon, shape):
                 raise BadInput(f"tensor {file_name}: only 2-D Linear weights can be pack-quantized (shape {shape})")
-            if dtype not in _TORCH:
+            if dtype not in TORCH_DTYPE:
                 raise BadInput(f"tensor {file_name}: source dtype {dtype} cannot hold the scales")
             if s.group_size != -1 and shape[1] % s.group_size:
                 raise BadInput(f"tensor {file_name}: row length {shape[1]} is not a multiple of group size "
                                f"{s.group_size}")
-        out.append(PlannedTensor(file_name, canon, shard, shape, dtype, s, _entries(file_name, shape, dtype, s)))
+        out.append(BuildTensor(file_name, canon, shard, shape, dtype, s, _entries(file_name, shape, dtype, s)))
     return out
 
 
-def quantization_config(plan: list[PlannedTensor]) -> dict:
-    """config.json's `quantization_config` (compressed-tensors QuantizationConfig, quantization.md §5)."""
-    by_scheme: dict[IntScheme, list[PlannedTensor]] = {}
+def quantization_config(plan: list[BuildTensor]) -> dict:
+    """config.json's `quantization_config` (compressed-tensors QuantizationConfig)."""
+    by_scheme: dict[IntScheme, list[BuildTensor]] = {}
     for p in plan:
         if p.scheme is not None:
             by_scheme.setdefault(p.scheme, []).append(p)
@@ -291,9 +197,9 @@ def quantization_config(plan: list[PlannedTensor]) -> dict:
             "kv_cache_scheme": None, "sparsity_config": {}, "transform_config": {}, "config_groups": groups}
 
 
-def shards(plan: list[PlannedTensor], shard_bytes: int) -> list[list[PlannedTensor]]:
+def shards(plan: list[BuildTensor], shard_bytes: int) -> list[list[BuildTensor]]:
     """Consecutive tensors into shards of at most `shard_bytes` (a larger tensor gets a shard of its own)."""
-    out: list[list[PlannedTensor]] = [[]]
+    out: list[list[BuildTensor]] = [[]]
     size = 0
     for p in plan:
         if out[-1] and size + p.nbytes > shard_bytes:
@@ -365,19 +271,19 @@ def write_safetensors(
         if len(parts) > 1:
             weight_map = {e.name: f for part, f in zip(parts, files) for p in part for e in p.entries}
             index = {"metadata": {"total_size": sum(p.nbytes for p in plan)}, "weight_map": dict(sorted(weight_map.items()))}
-            _write_file(tmp / "model.safetensors.index.json", _json_bytes(index))
-        _write_file(tmp / "config.json", _json_bytes(config))
+            atomic_write(tmp / "model.safetensors.index.json", _json_bytes(index))
+        atomic_write(tmp / "config.json", _json_bytes(config))
         for p in side:
-            _write_file(tmp / p.name, p.read_bytes())
-        os.chmod(tmp, 0o777 & ~safetensors_writer.umask())
-        safetensors_writer.fsync_dir(tmp)
+            atomic_write(tmp / p.name, p.read_bytes())
+        os.chmod(tmp, 0o777 & ~umask())
+        fsync_dir(tmp)
         _install(tmp, out_dir)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError):
             raise IOFailure(f"{out_dir}: writing failed ({e.strerror or e})") from e
         raise
-    safetensors_writer.fsync_dir(out_dir.parent)
+    fsync_dir(out_dir.parent)
     return out_dir
 
 
@@ -388,7 +294,7 @@ def _row_ranges(rows: int, cols: int) -> list[tuple[int, int]]:
     return [(a, min(rows, a + step)) for a in range(0, rows, step)]
 
 
-def _encode(source: TensorSource, p: PlannedTensor, imp: np.ndarray | None,
+def _encode(source: TensorSource, p: BuildTensor, imp: np.ndarray | None,
             encoded: Callable[[str], group.GroupQuant | None] | None) -> Iterator[tuple[str, object]]:
     """(entry name, bytes) pieces of one planned tensor, in each entry's byte order."""
     if p.scheme is None:
@@ -408,24 +314,24 @@ def _encode(source: TensorSource, p: PlannedTensor, imp: np.ndarray | None,
                   for a, b in ranges)
     for q in pieces:
         yield f"{m}.weight_packed", pack_int32(q.codes, s.bits)
-        yield f"{m}.weight_scale", _torch_bytes(torch.from_numpy(q.scales).to(_TORCH[p.dtype]))
+        yield f"{m}.weight_scale", _torch_bytes(torch.from_numpy(q.scales).to(TORCH_DTYPE[p.dtype]))
         if not s.symmetric:
             yield f"{m}.weight_zero_point", pack_zero_points(q.zero_points, s.bits)
     yield f"{m}.weight_shape", np.array(p.shape, np.int64)
 
 
-def _check_encoded(p: PlannedTensor, gq: group.GroupQuant) -> None:
+def _check_encoded(p: BuildTensor, gq: group.GroupQuant) -> None:
     s = p.scheme
     if (gq.bits, gq.group_size, gq.symmetric, gq.codes.shape) != (s.bits, s.group_size, s.symmetric, p.shape):
         raise BadInput(f"tensor {p.file_name}: encoded as {gq.bits}-bit group {gq.group_size} "
                        f"{'sym' if gq.symmetric else 'asym'} {gq.codes.shape}, the plan says {s.label} {p.shape}")
-    rounded = torch.from_numpy(gq.scales).to(_TORCH[p.dtype]).float().numpy()
+    rounded = torch.from_numpy(gq.scales).to(TORCH_DTYPE[p.dtype]).float().numpy()
     if not np.array_equal(rounded, gq.scales):
         raise BadInput(f"tensor {p.file_name}: encoded scales are not {p.dtype} values (quantize with "
                        f"scale_dtype={SCALE_DTYPE[p.dtype]!r})")
 
 
-def _copy(p: PlannedTensor) -> Iterator[tuple[str, object]]:
+def _copy(p: BuildTensor) -> Iterator[tuple[str, object]]:
     """The source tensor's own bytes, in chunks of rows for a large one."""
     from safetensors import safe_open
 
@@ -445,24 +351,6 @@ def _torch_bytes(t: torch.Tensor) -> np.ndarray:
 
 def _json_bytes(d: dict) -> bytes:
     return (json.dumps(d, indent=2, sort_keys=True) + "\n").encode("utf-8")
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    """`data` to `path` through a temporary file: written, fsynced, read back and compared, renamed."""
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if tmp.read_bytes() != data:
-            raise IOFailure(f"{tmp}: bytes read back differ from those written")
-        os.chmod(tmp, 0o666 & ~safetensors_writer.umask())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _check_replaceable(out_dir: Path) -> None:

@@ -9,11 +9,11 @@ the start of the data) and holds "__metadata__" (string -> string). Tensors lie 
 order safetensors' own serializer uses: widest element first, then by name, so each tensor starts at
 a multiple of its element size.
 
-Safety, as for GGUF (formats.gguf_writer): the file is written under a temporary name in the
-destination folder, re-opened (our own header parse, then safetensors' safe_open: names, dtypes,
-shapes) and checked byte for byte against a SHA-256 of each tensor taken while writing, fsynced, and
-only then renamed over the destination. Any failure, an interrupt included, removes the temporary
-file and leaves the destination untouched.
+Safety (formats.atomic, as for GGUF): the file is written under a temporary name in the destination
+folder, fsynced, re-opened (our own header parse, then safetensors' safe_open: names, dtypes, shapes)
+and checked byte for byte against a SHA-256 of each tensor taken while writing, and only then renamed
+over the destination. Any failure, an interrupt included, removes the temporary file and leaves the
+destination untouched.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from quantkit.errors import BadInput, IOFailure
-from quantkit.formats.gguf_writer import _fsync_dir as fsync_dir, _mkstemp  # one temp-file discipline for every writer
+from quantkit.formats.atomic import atomic_file
 
 ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
             "F64": 8, "I64": 8, "U64": 8}
@@ -97,57 +96,34 @@ def write(
     by_name = {t.name: t for t in tensors}
     done = {t.name: 0 for t in tensors}
     digests = {t.name: hashlib.sha256() for t in tensors}
-    fd, tmp_name = _mkstemp(path)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            f.truncate(total)
-            for name, piece in chunks:
-                if name not in by_name:
-                    raise BadInput(f"{path.name}: data produced for tensor {name!r}, which is not in the plan")
-                buf = as_bytes(piece)
-                t = by_name[name]
-                if done[name] + buf.nbytes > t.nbytes:
-                    raise BadInput(f"tensor {name!r}: encoder returned more than the {t.nbytes} bytes the plan says "
-                                   f"({t.dtype} {t.shape})")
-                f.seek(starts[name] + done[name])
-                f.write(buf)
-                digests[name].update(buf)
-                done[name] += buf.nbytes
-                if progress is not None:
-                    progress.update(buf.nbytes)
-                del piece, buf
-            short = [n for n, t in by_name.items() if done[n] != t.nbytes]
-            if short:
-                t = by_name[short[0]]
-                raise BadInput(f"tensor {t.name!r}: encoder returned {done[t.name]} bytes, the plan says {t.nbytes} "
-                               f"({t.dtype} {t.shape})")
-            f.flush()
-            os.fsync(f.fileno())
+
+    def check(tmp: Path) -> None:
         verify(tmp, header, tensors, starts, total, {n: d.digest() for n, d in digests.items()})
-        os.chmod(tmp, 0o666 & ~umask())
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise IOFailure(f"{path}: writing failed ({e.strerror or e})") from e
-        raise
-    fsync_dir(path.parent)
+
+    with atomic_file(path, verify=check) as f:
+        f.write(header)
+        f.truncate(total)
+        for name, piece in chunks:
+            if name not in by_name:
+                raise BadInput(f"{path.name}: data produced for tensor {name!r}, which is not in the plan")
+            buf = as_bytes(piece)
+            t = by_name[name]
+            if done[name] + buf.nbytes > t.nbytes:
+                raise BadInput(f"tensor {name!r}: encoder returned more than the {t.nbytes} bytes the plan says "
+                               f"({t.dtype} {t.shape})")
+            f.seek(starts[name] + done[name])
+            f.write(buf)
+            digests[name].update(buf)
+            done[name] += buf.nbytes
+            if progress is not None:
+                progress.update(buf.nbytes)
+            del piece, buf
+        short = [n for n, t in by_name.items() if done[n] != t.nbytes]
+        if short:
+            t = by_name[short[0]]
+            raise BadInput(f"tensor {t.name!r}: encoder returned {done[t.name]} bytes, the plan says {t.nbytes} "
+                           f"({t.dtype} {t.shape})")
     return path
-
-
-def read_header(path: Path) -> dict:
-    """The JSON header of a safetensors file."""
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) != 8:
-            raise IOFailure(f"{path}: shorter than a safetensors header")
-        (n,) = struct.unpack("<Q", raw)
-        text = f.read(n)
-    if len(text) != n:
-        raise IOFailure(f"{path}: header is truncated")
-    return json.loads(text)
 
 
 def verify(tmp: Path, header: bytes, tensors: Sequence[TensorEntry], starts: Mapping[str, int], total: int,
@@ -189,9 +165,3 @@ def verify(tmp: Path, header: bytes, tensors: Sequence[TensorEntry], starts: Map
             if d.digest() != digests[t.name]:
                 raise IOFailure(f"{tmp}: tensor {t.name!r} bytes read back differ from those written (checksum)")
 
-
-def umask() -> int:
-    """The process's file-creation mask (mkstemp creates files 0600; builds are made readable like any other file)."""
-    m = os.umask(0o022)
-    os.umask(m)
-    return m

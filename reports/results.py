@@ -8,14 +8,18 @@ llama.cpp's quantizations of the same model on the same tokens).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from quantkit.errors import BadFile
+from quantkit.formats.atomic import atomic_write
 
 REPORT_NAME = "report.json"
+
+
+def json_bytes(d, sort_keys: bool = False) -> bytes:
+    """`d` as the indented JSON text every report file holds, newline-terminated."""
+    return (json.dumps(d, indent=2, sort_keys=sort_keys) + "\n").encode("utf-8")
 
 
 @dataclass
@@ -42,14 +46,7 @@ class RunReport:
 
     def save(self, run_dir: Path) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
-        path = run_dir / REPORT_NAME
-        fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".report.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(self), f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be shared
-        os.replace(tmp, path)
-        return path
+        return atomic_write(run_dir / REPORT_NAME, json_bytes(asdict(self), sort_keys=True))
 
     @staticmethod
     def load(path: Path) -> "RunReport":

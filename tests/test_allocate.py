@@ -62,9 +62,10 @@ def test_impossible_budget_is_a_clear_error():
 def test_bits_budget_is_b_plus_half_bit_per_weight():
     from quantkit.formats.source import TensorInfo
     from quantkit.plan import bits_budget
+    from quantkit.tensor_table import TensorTable
 
     infos = {"layers.0.mlp.down_proj.weight": TensorInfo("layers.0.mlp.down_proj.weight", (64, 512), "F32", 0, "x"),
              "layers.0.mlp.up_proj.weight": TensorInfo("layers.0.mlp.up_proj.weight", (512, 640), "F32", 0, "y"),
              "norm.weight": TensorInfo("norm.weight", (640,), "F32", 0, "z")}
     # 2.5 bpw for the 512-wide rows; 640-wide rows fall back to Q4_0 (18 bytes per 32 weights); the norm stays F32
-    assert bits_budget(infos, 2) == 64 * 512 * 5 // 16 + 512 * 640 // 32 * 18 + 640 * 4
+    assert bits_budget(TensorTable.from_infos(infos), 2) == 64 * 512 * 5 // 16 + 512 * 640 // 32 * 18 + 640 * 4

@@ -111,14 +111,22 @@ class _FullFile:
         self.f.close()
 
 
-def _simulate_full_disk(monkeypatch, room: int, at: str) -> None:
+def _simulate_full_disk(monkeypatch, room: int, at: str, files: str = ".gguf.") -> None:
+    """ENOSPC for the temporary files (formats.atomic's `.NAME.*.partial`) whose name contains `files`: the build's
+    by default, every one with files=""."""
     fdopen, fsync = os.fdopen, os.fsync
+
+    def hit(fd) -> bool:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        return path.endswith(".partial") and files in Path(path).name
 
     def full_fdopen(fd, *a, **k):
         f = fdopen(fd, *a, **k)
-        return _FullFile(f, room) if at == "write" and os.readlink(f"/proc/self/fd/{fd}").endswith(".partial") else f
+        return _FullFile(f, room) if at == "write" and hit(fd) else f
 
     def full_fsync(fd):
+        if not hit(fd):
+            return fsync(fd)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "fdopen", full_fdopen)
@@ -152,6 +160,17 @@ def test_full_disk_at_each_stage(tiny, tmp_path, monkeypatch, capsys, room, at):
     _simulate_full_disk(monkeypatch, room, at)
     status, lines = main_in_process(monkeypatch, capsys, "compress", str(tiny), *FLAGS, "--out", str(tmp_path / "out"))
     _check_no_space(status, lines, tmp_path / "out")
+
+
+def test_full_disk_before_the_build(tiny, tmp_path, monkeypatch, capsys):
+    """The disk is already full when the run starts: its first file (the work folder's run.json) fails, in one line,
+    and nothing is left behind."""
+    _simulate_full_disk(monkeypatch, 0, "write", files="")
+    out = tmp_path / "out"
+    status, lines = main_in_process(monkeypatch, capsys, "compress", str(tiny), *FLAGS, "--out", str(out))
+    assert status == IOFailure.exit_code == 1
+    assert lines == [f"error: {out / 'work' / 'run.json'}: writing failed (No space left on device)"], lines
+    assert not (out / "work").exists() and leftovers(out) == []
 
 
 # -- (b) SIGINT / SIGTERM in the middle of the write ------------------------------------------

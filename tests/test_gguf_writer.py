@@ -21,7 +21,8 @@ import tiny_models
 import tiny_tokenizer
 from quantkit.errors import BadInput
 from quantkit.formats import gguf_writer, names
-from quantkit.formats.gguf_model import always_f32, plan_gguf, write_gguf
+from quantkit.formats.gguf_model import plan_gguf, write_gguf
+from quantkit.tensor_table import kept_f32
 from quantkit.formats.gguf_reader import GGUFFile
 from quantkit.formats.gguf_source import GGUFSource
 from quantkit.formats.hf_source import HFSource
@@ -166,7 +167,7 @@ def test_rewriting_a_gguf_reproduces_it(written, tmp_path):
 # -- tensor types ---------------------------------------------------------------------------------
 
 def _quantizable(plan_entries):
-    return {p.canonical: "Q8_0" for p in plan_entries if p.canonical and not always_f32(p.entry.name, p.entry.shape)}
+    return {p.canonical: "Q8_0" for p in plan_entries if p.canonical and not kept_f32(p.entry.name, p.entry.shape)}
 
 
 def test_q8_0_bytes_match_gguf_py(checkpoints, tmp_path):

@@ -8,7 +8,8 @@ from gguf import GGMLQuantizationType, GGUFWriter
 
 import tiny_models
 from quantkit.cli import cli
-from quantkit.inspect import group_of, inspect_path
+from quantkit.formats.names import group_of
+from quantkit.inspect import inspect_path
 
 
 def test_groups():

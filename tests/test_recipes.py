@@ -1,5 +1,5 @@
 """llama.cpp-equivalent type plans on synthetic specs; expectations are written out by hand from llama-quant.cpp's
-rules (reference/quantization.md §1.4). The real check against llama_model_quantize is in
+rules (llama_tensor_get_type_impl). The real check against llama_model_quantize is in
 tests/integration/test_recipes_llamacpp.py."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from quantkit.errors import BadOption
 from quantkit.formats.source import TensorInfo
 from quantkit.models.spec import LayerSpec, ModelSpec
 from quantkit.recipes import like, use_more_bits
+from quantkit.tensor_table import TensorTable
 
 N = 16  # layers; n/8 = 2, 7n/8 = 14
 MORE_BITS = {0, 1, 4, 7, 10, 13, 14, 15}  # i < 2, i >= 14, (i - 2) % 3 == 2
@@ -36,7 +37,7 @@ def spec_infos(hidden=512, n_kv=1, ple=256, v_in_every_layer=True):
         if ple:
             shapes.update({p + "per_layer_input_gate.weight": (ple, hidden), p + "per_layer_projection.weight": (hidden, ple)})
     infos = {n: TensorInfo(n, s, "F32" if len(s) == 1 else "BF16", 0, n) for n, s in shapes.items()}
-    return spec, infos
+    return spec, TensorTable.from_infos(infos)
 
 
 def layer_types(plan, suffix):

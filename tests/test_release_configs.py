@@ -1,5 +1,5 @@
-"""The release configs against gemma4.md §2 (parameter counts computed there from
-transformers modules, independently of quantkit)."""
+"""The release configs against the releases' parameter counts (computed once from transformers modules,
+independently of quantkit, and written out below)."""
 
 import math
 
@@ -8,8 +8,8 @@ import pytest
 from quantkit.models.configs import RELEASES, release_config
 from quantkit.models.spec import spec_from_hf_config, tensor_shapes
 
-TEXT_PARAMS = {"e2b": 4_628_569_379, "e4b": 7_463_013_418}  # gemma4.md §2, exact
-TEXT_PARAMS_APPROX = {"26b-a4b": 25.23e9, "31b": 30.70e9}  # gemma4.md §2, 4 significant digits
+TEXT_PARAMS = {"e2b": 4_628_569_379, "e4b": 7_463_013_418}  # exact
+TEXT_PARAMS_APPROX = {"26b-a4b": 25.23e9, "31b": 30.70e9}  # 4 significant digits
 
 
 @pytest.mark.parametrize("name", sorted(TEXT_PARAMS))
@@ -27,7 +27,7 @@ def test_large_models_parameter_count(name):
 
 def test_e2b_kv_sharing_sources():
     spec = spec_from_hf_config(release_config("e2b"))
-    # gemma4.md: E2B sliding <- layer 13, full <- layer 14; double-wide MLP only in shared layers
+    # E2B sliding <- layer 13, full <- layer 14; double-wide MLP only in shared layers
     assert {spec.layers[i].kv_source for i in range(15, 35) if spec.layers[i].sliding} == {13}
     assert {spec.layers[i].kv_source for i in range(15, 35) if not spec.layers[i].sliding} == {14}
     assert [spec.layers[i].ffn_dim for i in (14, 15)] == [6144, 12288]

@@ -145,8 +145,6 @@ def test_resume_after_block_k(tiny, reference, tmp_path, monkeypatch, capsys, k)
 def test_interrupt_while_checkpointing_keeps_the_previous_checkpoint(tiny, reference, tmp_path, monkeypatch, capsys):
     """Ctrl-C in the middle of writing block 3's checkpoint: block 2's stays valid, and the resumed run redoes
     block 3 (whose quantized tensors had already been written) to the same bytes."""
-    from quantkit import compress as compress_mod
-
     out = tmp_path / "out"
     saves = []
     save = torch.save
@@ -158,7 +156,7 @@ def test_interrupt_while_checkpointing_keeps_the_previous_checkpoint(tiny, refer
         saves.append(obj.get("stage") if isinstance(obj, dict) else "ple")
         return save(obj, f, *a, **kw)
 
-    monkeypatch.setattr(compress_mod.torch, "save", interrupted_save)
+    monkeypatch.setattr(torch, "save", interrupted_save)
     code, _, err = compress(monkeypatch, capsys, *flags(tiny), "--out", str(out))
     assert code == 130 and err == ["interrupted"]
     assert saves == ["ple", -1, 0, 1, 2]
@@ -166,7 +164,7 @@ def test_interrupt_while_checkpointing_keeps_the_previous_checkpoint(tiny, refer
     assert sorted(p.name for p in (out / "work").glob(".*")) == []  # the temporary file is gone
     assert torch.load(out / "work" / "capture.pt", weights_only=True)["stage"] == 2
 
-    monkeypatch.setattr(compress_mod.torch, "save", save)
+    monkeypatch.setattr(torch, "save", save)
     stages = Stages(monkeypatch)
     code, stdout, err = compress(monkeypatch, capsys, *flags(tiny), "--out", str(out), "--resume")
     assert code == 0, err

@@ -27,6 +27,8 @@ import tiny_models
 import tiny_tokenizer
 from quantkit.cli import cli
 from quantkit.errors import BadInput, IOFailure, UnsupportedModel
+from quantkit.formats import atomic
+from quantkit.formats import pack_quantized as pq
 from quantkit.formats import safetensors_model as sm
 from quantkit.formats import safetensors_writer
 from quantkit.formats.hf_source import HFSource
@@ -98,7 +100,7 @@ def _reference(src: HFSource, schemes, importance=None) -> dict[str, group.Group
     """quantkit's own quantization of every planned tensor, computed here independently of the writer."""
     importance = importance or {}
     return {n: group.group_quantize(src.get(n), s.bits, s.group_size, s.symmetric, importance=importance.get(n),
-                                    scale_dtype=sm.SCALE_DTYPE[src.infos[n].dtype])
+                                    scale_dtype=pq.SCALE_DTYPE[src.infos[n].dtype])
             for n, s in schemes.items()}
 
 
@@ -143,24 +145,24 @@ def _logits_quantkit(src: HFSource, values: dict[str, np.ndarray], ids):
 # ---------------------------------------------------------------- the packing
 
 
-@pytest.mark.parametrize("bits", sm.BITS)
+@pytest.mark.parametrize("bits", pq.BITS)
 def test_packing_is_compressed_tensors_own(bits):
     from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32, unpack_from_int32
 
     rng = np.random.default_rng(bits)
     for rows, cols in ((37, 16), (5, 40), (64, 128), (3, 100), (33, 256)):
         q = rng.integers(-(1 << (bits - 1)), 1 << (bits - 1), size=(rows, cols)).astype(np.int8)
-        ours = sm.pack_int32(q, bits)
+        ours = pq.pack_int32(q, bits)
         assert np.array_equal(ours, pack_to_int32(torch.from_numpy(q), bits).numpy())
-        assert np.array_equal(sm.pack_zero_points(q, bits), pack_to_int32(torch.from_numpy(q), bits, packed_dim=0).numpy())
+        assert np.array_equal(pq.pack_zero_points(q, bits), pack_to_int32(torch.from_numpy(q), bits, packed_dim=0).numpy())
         assert np.array_equal(unpack_from_int32(torch.from_numpy(ours), bits, torch.Size((rows, cols))).numpy(), q)
-        assert np.array_equal(sm.unpack_int32(ours, bits, cols), q)
+        assert np.array_equal(pq.unpack_int32(ours, bits, cols), q)
 
 
 # ---------------------------------------------------------------- the library decodes every tensor exactly
 
 
-@pytest.mark.parametrize("bits", sm.BITS)
+@pytest.mark.parametrize("bits", pq.BITS)
 @pytest.mark.parametrize("group_size", [32, 128, -1])
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
 def test_library_decompresses_every_tensor_exactly(sources, tmp_path, bits, group_size, symmetric):
@@ -180,7 +182,7 @@ def test_library_decompresses_every_tensor_exactly(sources, tmp_path, bits, grou
         weight, scheme, sd = lib[_file_name(src, n).removesuffix(".weight")]
         assert (scheme.weights.num_bits, scheme.weights.group_size, scheme.weights.symmetric) == (bits, group_size, symmetric)
         assert weight.dtype == torch.bfloat16 and weight.shape == src.infos[n].shape
-        assert torch.equal(weight.float(), torch.from_numpy(sm.stored_values(gq, "BF16"))), n
+        assert torch.equal(weight.float(), torch.from_numpy(pq.stored_values(gq, "BF16"))), n
         # fed quantkit's exact values, the library's own compressor writes the same packed words
         feed = {"weight": torch.from_numpy(group.group_dequantize(gq)), "weight_scale": torch.from_numpy(gq.scales)}
         if not symmetric:
@@ -275,7 +277,7 @@ def test_asymmetric_build_loads_with_dequantize(sources, tmp_path):
     schemes = sm.uniform_schemes(src, 4, 128, symmetric=False)
     out = sm.write_safetensors(src, tmp_path / "asym", schemes, progress=False)
     ids = tiny_models.random_ids()
-    values = {n: sm.stored_values(gq, "BF16") for n, gq in _reference(src, schemes).items()}
+    values = {n: pq.stored_values(gq, "BF16") for n, gq in _reference(src, schemes).items()}
     got = _logits_loaded(out, ids, quantization_config=CompressedTensorsConfig(dequantize=True))
     delta = (got - _logits_quantkit(src, values, ids)).abs().max().item()
     print(f"\n4-bit g128 asymmetric (dequantize=True): max |Δlogit| = {delta:.3g}")
@@ -306,18 +308,20 @@ def test_gptq_build_decodes_to_gptq_values(sources, tmp_path, monkeypatch):
     """compress --format safetensors --method gptq: the library decodes every tensor to the values GPTQ chose,
     and transformers' logits are quantkit's forward on them."""
     from quantkit import compress
+    from quantkit.workdir import WorkDir
 
     src = sources["e"]
     chosen = {}
-    save = compress._save_group
+    save = WorkDir.save_group
 
     def record(work, name, gq):
         chosen[name] = gq
         save(work, name, gq)
 
-    monkeypatch.setattr(compress, "_save_group", record)
-    opts = compress.CompressOptions(bits=4, method="gptq", calib_tokens=512, progress=False)
-    result = compress.run_safetensors(src, tmp_path / "run", opts, group_size=32)
+    monkeypatch.setattr(WorkDir, "save_group", record)
+    opts = compress.CompressOptions(bits=4, method="gptq", calib_tokens=512, progress=False, format="safetensors",
+                                    group_size=32)
+    result = compress.run_safetensors(src, tmp_path / "run", opts)
     assert result.path == tmp_path / "run" / f"{src.path.name}-int4-g32-gptq"
     assert not (tmp_path / "run" / "work").exists()
     schemes = sm.uniform_schemes(src, 4, 32)
@@ -325,7 +329,7 @@ def test_gptq_build_decodes_to_gptq_values(sources, tmp_path, monkeypatch):
     lib = _library_decompress(result.path)
     for n, gq in chosen.items():
         assert torch.equal(lib[_file_name(src, n).removesuffix(".weight")][0].float(),
-                           torch.from_numpy(sm.stored_values(gq, "BF16"))), n
+                           torch.from_numpy(pq.stored_values(gq, "BF16"))), n
     rtn = _reference(src, schemes)
     assert any(not np.array_equal(chosen[n].codes, rtn[n].codes) for n in schemes)  # GPTQ is not the rtn search
     ids = tiny_models.random_ids()
@@ -426,20 +430,20 @@ def test_writer_checks_what_the_encoder_returns(tmp_path):
     with safe_open(str(path), framework="numpy") as h:
         assert h.metadata() == {"k": "v"}
         assert np.array_equal(h.get_tensor("a"), a) and np.array_equal(h.get_tensor("b"), b)
-    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~safetensors_writer.umask())
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~atomic.umask())
 
 
 def test_refusals(sources, tmp_path):
     src = sources["e"]
     with pytest.raises(BadInput, match="lookup tables stay"):
-        sm.write_safetensors(src, tmp_path / "b", {"embed_tokens.weight": sm.IntScheme(4, 32)}, progress=False)
+        sm.write_safetensors(src, tmp_path / "b", {"embed_tokens.weight": pq.IntScheme(4, 32)}, progress=False)
     with pytest.raises(BadInput, match="only 2-D Linear"):
-        sm.write_safetensors(src, tmp_path / "b", {"norm.weight": sm.IntScheme(4, -1)}, progress=False)
+        sm.write_safetensors(src, tmp_path / "b", {"norm.weight": pq.IntScheme(4, -1)}, progress=False)
     with pytest.raises(BadInput, match="not a multiple of group size"):
-        sm.write_safetensors(src, tmp_path / "b", {"layers.0.per_layer_projection.weight": sm.IntScheme(4, 32)},
+        sm.write_safetensors(src, tmp_path / "b", {"layers.0.per_layer_projection.weight": pq.IntScheme(4, 32)},
                              progress=False)
     with pytest.raises(BadInput, match="3-bit"):
-        sm.IntScheme(3, 32)
+        pq.IntScheme(3, 32)
     other = tmp_path / "notes"
     other.mkdir()
     (other / "keep.txt").write_text("mine")

@@ -47,7 +47,7 @@ def _from_bf16(h, out):
             out[r, j] = bf16_to_fp32(h[r, j])
 
 
-def encode_f32(x, qw=None):
+def encode_f32(x, qw=None, effort="exact"):
     return np.ascontiguousarray(x, dtype=np.float32).view(np.uint8)
 
 
@@ -55,7 +55,7 @@ def decode_f32(data, cols):
     return np.ascontiguousarray(data).view(np.float32).reshape(data.shape[0], cols).copy()
 
 
-def encode_f16(x, qw=None):
+def encode_f16(x, qw=None, effort="exact"):
     out = np.empty(x.shape, np.uint16)
     _to_f16(x, out)
     return out.view(np.uint8)
@@ -67,7 +67,7 @@ def decode_f16(data, cols):
     return out
 
 
-def encode_bf16(x, qw=None):
+def encode_bf16(x, qw=None, effort="exact"):
     out = np.empty(x.shape, np.uint16)
     _to_bf16(x, out)
     return out.view(np.uint8)

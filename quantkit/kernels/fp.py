@@ -157,12 +157,6 @@ def trunc_to_i8(v):
 
 
 @njit(cache=True)
-def to_u8(i):
-    """C conversion of an int to uint8_t (wraps)."""
-    return np.int64(i) & 0xFF
-
-
-@njit(cache=True)
 def to_i8(i):
     """C conversion of an int to int8_t (wraps)."""
     i = np.int64(i) & 0xFF

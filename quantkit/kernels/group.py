@@ -85,7 +85,7 @@ def _quant_one(v, scale, zp, qmin, qmax):
 
 
 @njit(parallel=True, cache=True)
-def _group_kernel(x, imp, gs, symmetric, qmin, qmax, shrinks, mode, codes, scales, zps, errs):
+def _group_kernel(x, imp, gs, symmetric, qmin, qmax, shrinks, mode, codes, scales, zps):
     rows, cols = x.shape
     ng = cols // gs
     for t in prange(rows * ng):
@@ -114,7 +114,6 @@ def _group_kernel(x, imp, gs, symmetric, qmin, qmax, shrinks, mode, codes, scale
                 best_zp = zp
         scales[r, g] = best_scale
         zps[r, g] = best_zp
-        errs[r, g] = best_err
         for j in range(gs):
             codes[r, g * gs + j] = _quant_one(xs[j], best_scale, best_zp, qmin, qmax)
 
@@ -138,7 +137,6 @@ class GroupQuant:
     bits: int
     group_size: int  # as requested (-1 = per channel)
     symmetric: bool
-    weighted_sse: np.ndarray  # float64 [rows, n_groups]: the error the search reached
 
     @property
     def qmin(self) -> int:
@@ -200,9 +198,8 @@ def group_quantize(w: np.ndarray, bits: int, group_size: int = 128, symmetric: b
     codes = np.empty((rows, cols), np.int8)
     scales = np.empty((rows, ng), np.float32)
     zps = np.zeros((rows, ng), np.int8)
-    errs = np.empty((rows, ng), np.float64)
-    _group_kernel(x, imp, gs, symmetric, qmin, qmax, shrinks, _SCALE_DTYPES[scale_dtype], codes, scales, zps, errs)
-    return GroupQuant(codes, scales, None if symmetric else zps, bits, group_size, symmetric, errs)
+    _group_kernel(x, imp, gs, symmetric, qmin, qmax, shrinks, _SCALE_DTYPES[scale_dtype], codes, scales, zps)
+    return GroupQuant(codes, scales, None if symmetric else zps, bits, group_size, symmetric)
 
 
 def group_dequantize(gq: GroupQuant) -> np.ndarray:

@@ -31,8 +31,6 @@ F1 = np.float32(1.0)
 
 KVALUES = np.array(_GGUF_IQ4_NL.kvalues, dtype=np.float32)  # int8 table as exact floats
 
-BYTES = {"IQ4_NL": 18, "IQ4_XS": 136}
-
 
 @njit(cache=True)
 def iq4_nl_impl(sbs, x, qw, use_qw, values, ntry, o, scales, weight, L):
@@ -198,11 +196,11 @@ def _enc(sbs, nbytes, x, qw):
     return out
 
 
-def encode_iq4_nl(x, qw=None):
+def encode_iq4_nl(x, qw=None, effort="exact"):
     return _enc(32, 18, x, qw)
 
 
-def encode_iq4_xs(x, qw=None):
+def encode_iq4_xs(x, qw=None, effort="exact"):
     return _enc(256, 136, x, qw)
 
 

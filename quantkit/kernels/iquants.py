@@ -41,7 +41,6 @@ FLT_MAX = np.float32(3.4028234663852886e38)
 GROUP_MAX_EPS = np.float32(1e-15)
 GROUP_MAX_EPS_IQ3_XXS = np.float32(1e-8)
 
-BYTES = {"IQ2_XXS": 66, "IQ2_XS": 74, "IQ3_XXS": 98}
 # Each group's scale search tries inverse scales (2 kMaxQ - 1 + s * step) / max for s in [lo, hi]
 # (quantize_row_iq2_xxs_impl and siblings). effort="exact" tries every s, as llama.cpp does;
 # effort="fast" tries s in {lo/2, 0, hi/2}: each trial costs a grid-neighbour search per group,

@@ -35,8 +35,6 @@ QK_K = 256
 F0 = np.float32(0.0)
 F1 = np.float32(1.0)
 
-BYTES = {"Q2_K": 84, "Q3_K": 110, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210}
-
 
 @njit(cache=True)
 def _pack2(L, qs):
@@ -593,23 +591,23 @@ def _dec(kernel, data, cols):
     return out
 
 
-def encode_q2_K(x, qw=None):
+def encode_q2_K(x, qw=None, effort="exact"):
     return _enc(encode_q2_K_rows, 84, x, qw)
 
 
-def encode_q3_K(x, qw=None):
+def encode_q3_K(x, qw=None, effort="exact"):
     return _enc(encode_q3_K_rows, 110, x, qw)
 
 
-def encode_q4_K(x, qw=None):
+def encode_q4_K(x, qw=None, effort="exact"):
     return _enc(encode_q45_K_rows, 144, x, qw, False)
 
 
-def encode_q5_K(x, qw=None):
+def encode_q5_K(x, qw=None, effort="exact"):
     return _enc(encode_q45_K_rows, 176, x, qw, True)
 
 
-def encode_q6_K(x, qw=None):
+def encode_q6_K(x, qw=None, effort="exact"):
     return _enc(encode_q6_K_rows, 210, x, qw)
 
 

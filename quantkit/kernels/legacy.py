@@ -27,8 +27,6 @@ QK = 32
 F0 = np.float32(0.0)
 F1 = np.float32(1.0)
 
-BYTES = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34}
-
 
 @njit(cache=True)
 def _chunks(total):
@@ -384,23 +382,23 @@ def _run_dec(kernel, data, cols):
     return out
 
 
-def encode_q8_0(x, qw=None):
+def encode_q8_0(x, qw=None, effort="exact"):
     return _run_enc(encode_q8_0_rows, 34, x, qw, weighted=False)
 
 
-def encode_q4_0(x, qw=None):
+def encode_q4_0(x, qw=None, effort="exact"):
     return _run_enc(encode_q4_0_rows, 18, x, qw)
 
 
-def encode_q4_1(x, qw=None):
+def encode_q4_1(x, qw=None, effort="exact"):
     return _run_enc(encode_q4_1_rows, 20, x, qw)
 
 
-def encode_q5_0(x, qw=None):
+def encode_q5_0(x, qw=None, effort="exact"):
     return _run_enc(encode_q5_0_rows, 22, x, qw)
 
 
-def encode_q5_1(x, qw=None):
+def encode_q5_1(x, qw=None, effort="exact"):
     return _run_enc(encode_q5_1_rows, 24, x, qw)
 
 

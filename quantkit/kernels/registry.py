@@ -11,10 +11,11 @@ Shapes follow numpy order: the last axis is the row (ggml's ne[0]); all
 leading axes are rows.  ``importance`` is llama.cpp's ``quant_weights``: one
 float32 per column (E[x^2] of that input channel).
 
-Fallbacks follow llama-quant.cpp ``tensor_type_fallback``: when the row length
-is not a multiple of the block size, IQ2_XXS/IQ2_XS/IQ3_XXS/IQ4_XS -> IQ4_NL,
-Q2_K/Q3_K -> Q4_0, Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, and F16 when the
-fallback (or a 32-block type) still does not fit.
+Fallbacks follow llama-quant.cpp ``tensor_type_fallback`` (``FALLBACK``, the one
+table of them): when the row length is not a multiple of the block size, the type
+becomes its fallback, and F16 when the fallback (or a 32-block type) still does
+not fit. The table also names the types llama.cpp's presets may choose that
+quantkit cannot encode (IQ2_S, IQ3_S), so the recipes resolve them the same way.
 """
 
 from __future__ import annotations
@@ -30,8 +31,16 @@ from quantkit.errors import BadInput
 
 from . import floats, iq4, iquants, kquants, legacy
 
-Encoder = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
+# Every encoder is called the same way, encode(x, importance, effort). `effort` ("exact" | "fast") only changes
+# the IQ2/IQ3 grid types' scale search (iquants.SCALE_TRIALS); the other types have no such search and ignore it.
+Encoder = Callable[[np.ndarray, "np.ndarray | None", str], np.ndarray]
 Decoder = Callable[[np.ndarray, int], np.ndarray]
+
+
+FLOATS = ("F32", "F16", "BF16")
+# llama-quant.cpp tensor_type_fallback: the type written for rows its block does not divide
+FALLBACK = {"IQ2_XXS": "IQ4_NL", "IQ2_XS": "IQ4_NL", "IQ2_S": "IQ4_NL", "IQ3_XXS": "IQ4_NL", "IQ3_S": "IQ4_NL",
+            "IQ4_XS": "IQ4_NL", "Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 
 
 @dataclass(frozen=True)
@@ -41,17 +50,15 @@ class BlockType:
     block_size: int
     bytes_per_block: int
     bits_per_weight: float
-    encode: Encoder  # (float32 [rows, cols], importance [cols] | None) -> uint8 [rows, row_bytes]
+    encode: Encoder  # (float32 [rows, cols], importance [cols] | None, effort) -> uint8 [rows, row_bytes]
     decode: Decoder  # (uint8 [rows, row_bytes], cols) -> float32 [rows, cols]
     needs_imatrix: bool
-    fallback: str | None  # llama.cpp's type for rows that are not a multiple of block_size
-    has_effort: bool = False  # the encoder takes effort="exact" | "fast" (the IQ2/IQ3 grid scale search)
 
     def row_nbytes(self, cols: int) -> int:
         return cols // self.block_size * self.bytes_per_block
 
 
-def _bt(name, block_size, nbytes, enc, dec, needs_imatrix=False, fallback=None):
+def _bt(name, block_size, nbytes, enc, dec, needs_imatrix=False):
     return BlockType(
         name=name,
         ggml_type=GGMLQuantizationType[name],
@@ -61,8 +68,6 @@ def _bt(name, block_size, nbytes, enc, dec, needs_imatrix=False, fallback=None):
         encode=enc,
         decode=dec,
         needs_imatrix=needs_imatrix,
-        fallback=fallback,
-        has_effort=name in iquants.SCALE_TRIALS,
     )
 
 
@@ -72,21 +77,21 @@ TYPES: dict[str, BlockType] = {
         _bt("F32", 1, 4, floats.encode_f32, floats.decode_f32),
         _bt("F16", 1, 2, floats.encode_f16, floats.decode_f16),
         _bt("BF16", 1, 2, floats.encode_bf16, floats.decode_bf16),
-        _bt("Q8_0", 32, 34, legacy.encode_q8_0, legacy.decode_q8_0, fallback="F16"),
-        _bt("Q4_0", 32, 18, legacy.encode_q4_0, legacy.decode_q4_0, fallback="F16"),
-        _bt("Q4_1", 32, 20, legacy.encode_q4_1, legacy.decode_q4_1, fallback="F16"),
-        _bt("Q5_0", 32, 22, legacy.encode_q5_0, legacy.decode_q5_0, fallback="F16"),
-        _bt("Q5_1", 32, 24, legacy.encode_q5_1, legacy.decode_q5_1, fallback="F16"),
-        _bt("Q2_K", 256, 84, kquants.encode_q2_K, kquants.decode_q2_K, fallback="Q4_0"),
-        _bt("Q3_K", 256, 110, kquants.encode_q3_K, kquants.decode_q3_K, fallback="Q4_0"),
-        _bt("Q4_K", 256, 144, kquants.encode_q4_K, kquants.decode_q4_K, fallback="Q5_0"),
-        _bt("Q5_K", 256, 176, kquants.encode_q5_K, kquants.decode_q5_K, fallback="Q5_1"),
-        _bt("Q6_K", 256, 210, kquants.encode_q6_K, kquants.decode_q6_K, fallback="Q8_0"),
-        _bt("IQ4_NL", 32, 18, iq4.encode_iq4_nl, iq4.decode_iq4_nl, fallback="F16"),
-        _bt("IQ4_XS", 256, 136, iq4.encode_iq4_xs, iq4.decode_iq4_xs, fallback="IQ4_NL"),
-        _bt("IQ2_XXS", 256, 66, iquants.encode_iq2_xxs, iquants.decode_iq2_xxs, True, "IQ4_NL"),
-        _bt("IQ2_XS", 256, 74, iquants.encode_iq2_xs, iquants.decode_iq2_xs, True, "IQ4_NL"),
-        _bt("IQ3_XXS", 256, 98, iquants.encode_iq3_xxs, iquants.decode_iq3_xxs, True, "IQ4_NL"),
+        _bt("Q8_0", 32, 34, legacy.encode_q8_0, legacy.decode_q8_0),
+        _bt("Q4_0", 32, 18, legacy.encode_q4_0, legacy.decode_q4_0),
+        _bt("Q4_1", 32, 20, legacy.encode_q4_1, legacy.decode_q4_1),
+        _bt("Q5_0", 32, 22, legacy.encode_q5_0, legacy.decode_q5_0),
+        _bt("Q5_1", 32, 24, legacy.encode_q5_1, legacy.decode_q5_1),
+        _bt("Q2_K", 256, 84, kquants.encode_q2_K, kquants.decode_q2_K),
+        _bt("Q3_K", 256, 110, kquants.encode_q3_K, kquants.decode_q3_K),
+        _bt("Q4_K", 256, 144, kquants.encode_q4_K, kquants.decode_q4_K),
+        _bt("Q5_K", 256, 176, kquants.encode_q5_K, kquants.decode_q5_K),
+        _bt("Q6_K", 256, 210, kquants.encode_q6_K, kquants.decode_q6_K),
+        _bt("IQ4_NL", 32, 18, iq4.encode_iq4_nl, iq4.decode_iq4_nl),
+        _bt("IQ4_XS", 256, 136, iq4.encode_iq4_xs, iq4.decode_iq4_xs),
+        _bt("IQ2_XXS", 256, 66, iquants.encode_iq2_xxs, iquants.decode_iq2_xxs, True),
+        _bt("IQ2_XS", 256, 74, iquants.encode_iq2_xs, iquants.decode_iq2_xs, True),
+        _bt("IQ3_XXS", 256, 98, iquants.encode_iq3_xxs, iquants.decode_iq3_xxs, True),
     ]
 }
 
@@ -131,13 +136,18 @@ def tensor_nbytes(type_name: str, shape: Sequence[int]) -> int:
     return rows * row_nbytes(type_name, cols)
 
 
+def block_size(type_name: str) -> int:
+    """Weights per block of any ggml type, those quantkit cannot encode included (gguf-py's table)."""
+    return GGML_QUANT_SIZES[GGMLQuantizationType[type_name.upper()]][0]
+
+
 def fallback_type(type_name: str, cols: int) -> str:
     """The type llama.cpp actually writes for rows of length ``cols`` (tensor_type_fallback)."""
-    bt = get(type_name)
-    if cols % bt.block_size == 0:
-        return bt.name
-    fb = bt.fallback
-    if fb is None or cols % get(fb).block_size:
+    name = type_name.upper() if type_name.upper() in FALLBACK else get(type_name).name
+    if cols % block_size(name) == 0:
+        return name
+    fb = FALLBACK.get(name)
+    if fb is None or cols % block_size(fb):
         return "F16"
     return fb
 
@@ -205,7 +215,7 @@ def quantize(type_name: str, array2d: np.ndarray, importance: np.ndarray | None 
         raise BadInput(f"tensor {name}: type {bt.name} needs importance weights (an imatrix)")
     if rows == 0 or cols == 0:
         return np.zeros((rows, bt.row_nbytes(cols)), np.uint8)
-    out = bt.encode(x, qw, effort=effort) if bt.has_effort else bt.encode(x, qw)
+    out = bt.encode(x, qw, effort)
     return out.reshape(rows, bt.row_nbytes(cols))
 
 

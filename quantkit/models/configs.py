@@ -1,4 +1,4 @@
-"""Text configs of the four Gemma 4 releases (gemma4.md §2), as the `text_config`
+"""Text configs of the four Gemma 4 releases, as the `text_config`
 of their Hugging Face config.json. Used to plan and size builds and to generate
 random checkpoints with the real shapes; weights always come from the user."""
 

@@ -3,11 +3,14 @@
 One readable model in the style of gpt-fast / mlx-lm `gemma3_text.py`: plain functions that mirror the
 equations, a `Gemma` class that walks the decoder block by block, weights fetched lazily by canonical name.
 Line numbers in comments refer to transformers 5.23 `models/gemma4/modeling_gemma4.py` (the oracle the tests
-compare with); the project's reference notes are in `reference/gemma4.md`.
+compare with).
 
 Canonical names are the Hugging Face names without the `model.` / `model.language_model.` prefix
-(`layers.3.self_attn.q_proj.weight`, ...), PyTorch orientation ([out, in]). Every RMSNorm weight is the
-*effective* multiplier: Gemma 3's `(1 + w)` is folded in once by `hf_state_to_canonical`, as llama.cpp does.
+(`layers.3.self_attn.q_proj.weight`, ...; formats.hf_source.canonical_name), PyTorch orientation ([out, in]).
+Every RMSNorm weight the getter returns is the *effective* multiplier, and `norm` multiplies by it as it is:
+Gemma 3 checkpoints store `w` for `x * (1 + w)`, and the 1 is added once when the weights are read, by
+formats.hf_source.HFSource for a checkpoint directory and by `hf_state_to_canonical` for an in-memory
+transformers state dict; GGUF files (llama.cpp's converter's and quantkit's) already hold `1 + w`.
 
 Calibration hooks: `observer(name, x)` sees the input `x` ([tokens, in_features]) of every linear weight just
 before it is applied; `expert_observer(name, expert, x)` sees the tokens routed to one MoE expert.
@@ -23,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from quantkit.formats.hf_source import canonical_name
 from quantkit.models.spec import LayerSpec, ModelSpec
 
 WeightGetter = Callable[[str], "torch.Tensor | np.ndarray"]
@@ -31,23 +35,18 @@ ExpertObserver = Callable[[str, int, torch.Tensor], None]
 
 _TEXT_ROOTS = ("embed_tokens.", "embed_tokens_per_layer.", "per_layer_model_projection.", "per_layer_projection_norm.",
                "norm.", "layers.")
-_PREFIXES = ("model.language_model.", "language_model.model.", "model.")
 
 
 def hf_state_to_canonical(state_dict: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
-    """Hugging Face state dict -> canonical names: strip the prefix, drop the tied `lm_head.weight` and every
-    vision/audio/projector tensor, and for Gemma 3 turn each `*norm.weight` w into the effective `1 + w`
-    (computed in fp32, as transformers' Gemma3RMSNorm does; the result stays fp32)."""
+    """Hugging Face state dict -> canonical names (formats.hf_source.canonical_name), keeping only the text
+    decoder's tensors (no `lm_head.weight`, tower or projector), and for Gemma 3 each `*norm.weight` w turned
+    into the effective `1 + w` (computed in fp32, as transformers' Gemma3RMSNorm does; the result stays fp32).
+    Tests use it to run this forward on a transformers model's own weights."""
     out = {}
     for name, t in state_dict.items():
-        for p in _PREFIXES:
-            if name.startswith(p):
-                name = name[len(p):]
-                break
-        else:
-            continue  # lm_head.weight, vision_tower.*, multi_modal_projector.*, ...
-        if not name.startswith(_TEXT_ROOTS):
-            continue  # model.vision_tower.*, model.embed_audio.*, ...
+        name = canonical_name(name)
+        if name is None or not name.startswith(_TEXT_ROOTS):
+            continue  # lm_head.weight, model.vision_tower.*, model.multi_modal_projector.*, ...
         if arch == "gemma3" and name.endswith("norm.weight"):
             t = t.float() + 1.0
         out[name] = t
@@ -199,8 +198,8 @@ class Gemma:
         return table[ids.to(table.device)].to(device=self.device, dtype=self.dtype)
 
     def _scale(self, value: float) -> torch.Tensor:
-        # transformers keeps embedding scales as fp32 buffers cast to the weight dtype (pitfall 10: in bf16
-        # sqrt(1536) = 39.19 becomes 39.25)
+        # transformers keeps embedding scales as fp32 buffers cast to the weight dtype, so in bf16 the scale
+        # is rounded too (sqrt(1536) = 39.19 becomes 39.25); doing the same keeps bf16 runs equal to transformers
         return torch.tensor(value, dtype=torch.float32).to(device=self.device, dtype=self.dtype)
 
     def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:

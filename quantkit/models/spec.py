@@ -6,7 +6,7 @@ head, maybe other KV-head counts, double-wide MLPs in KV-shared layers), so a
 spec holds one `LayerSpec` per decoder layer instead of global numbers.
 
 Norm convention: quantkit always stores the *effective* RMSNorm multiplier.
-Gemma 3 checkpoints keep `w` and compute `x * (1 + w)`; the HF loader adds the 1
+Gemma 3 checkpoints keep `w` and compute `x * (1 + w)`; the HF loader (formats.hf_source) adds the 1
 once (as llama.cpp's converter does), so the forward multiplies by the stored
 weight for both architectures.
 """
@@ -247,7 +247,8 @@ def _first(v) -> int:
 
 def tensor_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     """Every text tensor a checkpoint of `spec` holds (canonical names, PyTorch
-    shapes; gemma4.md §1 "Parameter tensors"), in checkpoint order."""
+    shapes, as transformers' Gemma 3 / Gemma 4 text models define their parameters),
+    in checkpoint order."""
     h, v = spec.hidden_size, spec.vocab_size
     out: dict[str, tuple[int, ...]] = {"embed_tokens.weight": (v, h)}
     if spec.ple_dim:
