@@ -53,24 +53,23 @@ _CANON_LAYER = re.compile(r"layers\.(\d+)\.(.+)")
 _GGUF_LAYER = re.compile(r"blk\.(\d+)\.(.+)")
 
 
+def _rename(name: str, whole: dict[str, str], layer: re.Pattern, per_layer: dict[str, str], fmt: str) -> str | None:
+    if name in whole:
+        return whole[name]
+    m = layer.fullmatch(name)
+    if m and m.group(2) in per_layer:
+        return fmt.format(m.group(1), per_layer[m.group(2)])
+    return None
+
+
 def to_gguf(name: str) -> str | None:
     """Canonical name -> GGUF name, or None if llama.cpp has no such tensor."""
-    if name in GLOBAL:
-        return GLOBAL[name]
-    m = _CANON_LAYER.fullmatch(name)
-    if m and m.group(2) in LAYER:
-        return f"blk.{m.group(1)}.{LAYER[m.group(2)]}"
-    return None
+    return _rename(name, GLOBAL, _CANON_LAYER, LAYER, "blk.{}.{}")
 
 
 def from_gguf(name: str) -> str | None:
     """GGUF name -> canonical name, or None for tensors quantkit derives itself (rope_freqs)."""
-    if name in _GLOBAL_BACK:
-        return _GLOBAL_BACK[name]
-    m = _GGUF_LAYER.fullmatch(name)
-    if m and m.group(2) in _LAYER_BACK:
-        return f"layers.{m.group(1)}.{_LAYER_BACK[m.group(2)]}"
-    return None
+    return _rename(name, _GLOBAL_BACK, _GGUF_LAYER, _LAYER_BACK, "layers.{}.{}")
 
 
 def layer_of(name: str) -> int | None:
