@@ -44,35 +44,38 @@ def _gguf(data: bytes) -> None:
     f.close()
 
 
-def _gguf_source(data: bytes) -> None:
+def read_all(open_source, tokenize: bool) -> bool:
+    """What every source target does with an input: open it, read every tensor (and tokenize a sentence). True if
+    it read; False if it was refused with quantkit's BadInput; anything else propagates (a crash)."""
     from quantkit.errors import BadInput
+
+    try:
+        src = open_source()
+        for n in src.names():
+            src.get(n)
+        if tokenize:
+            src.tokenizer().encode("The quick brown fox")
+    except BadInput:
+        return False
+    return True
+
+
+def _gguf_source(data: bytes) -> None:
     from quantkit.formats.gguf_source import GGUFSource
 
     p = WORK / "fuzz.gguf"
     p.write_bytes(data)
-    try:
-        src = GGUFSource(p)
-        for n in src.names():
-            src.get(n)
-        src.tokenizer().encode("The quick brown fox")
-    except BadInput:
-        return
+    read_all(lambda: GGUFSource(p), tokenize=True)
 
 
 def _safetensors(data: bytes) -> None:
-    from quantkit.errors import BadInput
     from quantkit.formats.hf_source import HFSource
 
     d = WORK / "hf"
     d.mkdir(exist_ok=True)
     (d / "config.json").write_text(json.dumps(CONFIG))
     (d / "model.safetensors").write_bytes(data)
-    try:
-        src = HFSource(d)
-        for n in src.names():
-            src.get(n)
-    except BadInput:
-        return
+    read_all(lambda: HFSource(d), tokenize=False)
 
 
 TARGETS = {"gguf": _gguf, "gguf-source": _gguf_source, "safetensors": _safetensors}
