@@ -110,7 +110,7 @@ def inspect_safetensors(directory: Path) -> Inventory:
     bytes, so its bits per weight include the scales."""
     import json
 
-    from safetensors import safe_open
+    from safetensors import SafetensorError
 
     files = sorted(directory.glob("*.safetensors"))
     if not files:
@@ -118,20 +118,21 @@ def inspect_safetensors(directory: Path) -> Inventory:
     cfg_path = directory / "config.json"
     meta, qcfg = {}, None
     if cfg_path.exists():
-        cfg = json.loads(cfg_path.read_text())
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise BadFile(f"{cfg_path}: not valid JSON ({e})") from None
+        if not isinstance(cfg, dict):
+            raise BadFile(f"{cfg_path}: expected a JSON object, found {type(cfg).__name__}")
         qcfg = cfg.get("quantization_config")
         meta = {"architectures": cfg.get("architectures"), "quantization_config": qcfg}
     found: dict[str, tuple[str, list[int], int]] = {}
     shapes: dict[str, list[int]] = {}
     for p in files:
-        with safe_open(str(p), framework="pt") as h:
-            for n in h.keys():
-                sl = h.get_slice(n)
-                shape = [int(d) for d in sl.get_shape()]
-                dtype = sl.get_dtype()
-                found[n] = (dtype, shape, math.prod(shape) * _WIDTH.get(dtype, 4))
-                if n.endswith(".weight_shape"):
-                    shapes[n.removesuffix(".weight_shape")] = [int(d) for d in h.get_tensor(n).tolist()]
+        try:
+            _read_safetensors_header(p, found, shapes)
+        except SafetensorError as e:
+            raise BadFile(f"{p}: not a readable safetensors file ({e})") from None
     rows = []
     for n, (dtype, shape, nbytes) in found.items():
         module = next((n.removesuffix(s) for s in _CT_PARTS if n.endswith(s)), None)
@@ -148,6 +149,20 @@ def inspect_safetensors(directory: Path) -> Inventory:
         rows.append(TensorRow(n, group_of(canon), dtype, shape, nbytes))
     total = sum(p.stat().st_size for p in files)
     return Inventory(str(directory), "safetensors", total, meta, rows)
+
+
+def _read_safetensors_header(p: Path, found: dict, shapes: dict) -> None:
+    """name -> (dtype, shape, bytes) of every tensor in one file, and the compressed-tensors modules' weight_shape."""
+    from safetensors import safe_open
+
+    with safe_open(str(p), framework="pt") as h:
+        for n in h.keys():
+            sl = h.get_slice(n)
+            shape = [int(d) for d in sl.get_shape()]
+            dtype = sl.get_dtype()
+            found[n] = (dtype, shape, math.prod(shape) * _WIDTH.get(dtype, 4))
+            if n.endswith(".weight_shape"):
+                shapes[n.removesuffix(".weight_shape")] = [int(d) for d in h.get_tensor(n).tolist()]
 
 
 def inspect_path(path: Path) -> Inventory:

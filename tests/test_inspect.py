@@ -57,3 +57,21 @@ def test_safetensors_inventory(tmp_path):
     saved = load_file(tmp_path / "model.safetensors")
     assert inv.n_params == sum(t.numel() for t in saved.values())
     assert sum(r.nbytes for r in inv.tensors) == sum(t.numel() * t.element_size() for t in saved.values())
+
+
+def test_damaged_directory_is_one_line_error(tmp_path):
+    """A broken config.json or a damaged safetensors header: one `error:` line naming the file, exit 2."""
+    from safetensors.numpy import save_file
+
+    from quantkit.errors import BadFile
+
+    save_file({"model.embed_tokens.weight": np.zeros((8, 4), np.float32)}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text("{not json")
+    r = CliRunner().invoke(cli, ["inspect", str(tmp_path)], standalone_mode=False, catch_exceptions=True)
+    assert isinstance(r.exception, BadFile) and str(r.exception).startswith(f"{tmp_path / 'config.json'}: not valid JSON")
+    (tmp_path / "config.json").write_text("{}")
+    data = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[:8] + b"{garbage" + data[16:])
+    r = CliRunner().invoke(cli, ["inspect", str(tmp_path)], standalone_mode=False, catch_exceptions=True)
+    assert isinstance(r.exception, BadFile)
+    assert str(r.exception).startswith(f"{tmp_path / 'model.safetensors'}: not a readable safetensors file")
