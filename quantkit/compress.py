@@ -164,14 +164,17 @@ def run(source: TensorSource, out_dir: Path, opts: CompressOptions, resume: bool
     """Build OUT_DIR/MODEL-LABEL.gguf; with `resume`, continue the interrupted run in OUT_DIR/work."""
     t0 = time.perf_counter()
     _check(opts)
-    if opts.budgeted:  # before any heavy work: the budget and the forced types
+    # before any heavy work and before the work folder: the options' plan (--type, --like), or for a budget its
+    # size and forced types (its plan needs the measured errors)
+    plan = None if opts.budgeted else make_plan(source, opts)
+    if opts.budgeted:
         _budget(source, opts)
         _forced(source.table, opts)
     if opts.dry_run:  # data-free: a budget's plan uses the prior error estimate
-        return CompressResult(make_plan(source, opts))
+        return CompressResult(plan or make_plan(source, opts))
     work = WorkDir.open(out_dir / "work", fingerprint(source.path, asdict(opts)), resume)
     try:
-        result = _build(source, out_dir, opts, work)
+        result = _build(source, out_dir, opts, work, plan)
     except Exception:  # a failure, not an interrupt (KeyboardInterrupt): nothing to resume
         work.remove()
         raise
@@ -186,7 +189,8 @@ def _check(opts: CompressOptions) -> None:
         raise BadOption(f"--method {opts.method}: expected one of {', '.join(METHODS)}")
 
 
-def _build(source: TensorSource, out_dir: Path, opts: CompressOptions, work: WorkDir) -> CompressResult:
+def _build(source: TensorSource, out_dir: Path, opts: CompressOptions, work: WorkDir,
+           plan: plans.Plan | None) -> CompressResult:
     done: list[str] = []  # what an interrupted run in `work` had done
     seconds: dict[str, float] = {}
     ids = _calibration_ids(source, opts)
@@ -195,7 +199,7 @@ def _build(source: TensorSource, out_dir: Path, opts: CompressOptions, work: Wor
         plan, importance = saved
         done.append("plan")
     else:
-        plan, importance = _plan_with_data(source, opts, ids, seconds)
+        plan, importance = _plan_with_data(source, opts, ids, plan, seconds)
         work.save_plan(plan, importance)
     if opts.method == "gptq":
         t = time.perf_counter()
@@ -219,11 +223,10 @@ def _calibration_ids(source: TensorSource, opts: CompressOptions) -> np.ndarray 
     return calibration_ids(source.tokenizer(), opts.calib, max(1, opts.calib_tokens // SEQ_LEN), SEQ_LEN)
 
 
-def _plan_with_data(source: TensorSource, opts: CompressOptions, ids: np.ndarray | None,
+def _plan_with_data(source: TensorSource, opts: CompressOptions, ids: np.ndarray | None, plan: plans.Plan | None,
                     seconds: dict[str, float]) -> tuple[plans.Plan, dict[str, np.ndarray]]:
-    """The plan, with the importance stage where it needs data: --method imatrix (the importance) and budget builds
-    (the importance, then each tensor's errors, from which the budget's plan is made)."""
-    plan = None if opts.budgeted else make_plan(source, opts)
+    """The importance stage where a build needs data: --method imatrix (the importance for `plan`) and budget
+    builds (`plan` None: the importance, then each tensor's errors, from which the budget's plan is made)."""
     if ids is None or not (opts.budgeted or opts.method == "imatrix"):
         return plan, {}
     t = time.perf_counter()
