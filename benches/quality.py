@@ -3,14 +3,19 @@
 
     .venv/bin/python benches/quality.py --out /tmp/quality                       # full: 32 chunks, 6 presets
     .venv/bin/python benches/quality.py --presets Q2_K,Q4_0 --chunks 4 --calib-tokens 8192 --out /tmp/q
+    # what tests/integration/test_quality_llamacpp.py asserted on all five target presets before CI kept Q2_K:
+    .venv/bin/python benches/quality.py --presets Q2_K,Q3_K_M,Q4_0,IQ4_XS,Q8_0 --methods gptq --chunks 8 \
+        --calib-tokens 16384 --check --out /tmp/quality-ci
 
 The llama.cpp rows come from its own `llama-quantize` binary, the +imat rows with an imatrix made by its own
 `llama-imatrix` over the built-in c4 text (both built once from the llama-cpp-python 0.3.36 source package into
 the cache); quantkit calibrates on the same c4 text and as many tokens. The machinery (and the judge's
 convention) is tests/integration/quality.py, shared with tests/integration/test_quality_llamacpp.py.
 
-Prints one table, the gptq KLD ratios to llama.cpp, and each quantkit gptq build's wall time and peak RSS; writes
-<out>/report.json (reports.results.RunReport), report.md, accuracy_vs_size.png/svg and kld_by_preset.png/svg.
+Prints one table, the gptq KLD ratios to llama.cpp, and each quantkit gptq build's wall time and peak RSS, then
+issue 6's targets at every preset built (tests/integration/quality.py NO_IMATRIX, NOT_ABOVE_IMATRIX, SIZE_MATCH;
+`ok` or `MISS`); writes <out>/report.json (reports.results.RunReport), report.md, accuracy_vs_size.png/svg and
+kld_by_preset.png/svg. With --check it exits 1 when a target is missed, as the integration test fails.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from gguf import GGUFReader  # noqa: E402
 
 from quantkit.reports.charts import accuracy_vs_size, kld_by_preset, markdown_table  # noqa: E402
 from quantkit.reports.results import BuildResult, RunReport  # noqa: E402
-from tests.integration.quality import CHUNK, IMAT, METHODS, PLAIN, PRESETS, compare  # noqa: E402
+from tests.integration.quality import CHUNK, IMAT, METHODS, PLAIN, PRESETS, compare, targets  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -43,6 +48,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True, help="output folder: report.json, report.md, charts, builds")
     ap.add_argument("--keep-files", action="store_true", help="keep the quantized GGUFs in <out>/builds")
+    ap.add_argument("--check", action="store_true",
+                    help="exit 1 when a gptq build misses one of issue 6's targets (needs --methods with gptq)")
     a = ap.parse_args(argv)
     t_start = time.perf_counter()
     presets = [p.strip().upper() for p in a.presets.split(",") if p.strip()]
@@ -53,6 +60,8 @@ def main(argv=None) -> int:
     for m in methods:
         if m not in METHODS:
             ap.error(f"--methods: {m} is not one of {', '.join(METHODS)}")
+    if a.check and "gptq" not in methods:
+        ap.error("--check judges the gptq builds: add gptq to --methods")
     a.out.mkdir(parents=True, exist_ok=True)
     print(f"Gemma 3 270M; judge llama.cpp, {a.chunks} chunks of wiki; calibration c4:{a.calib_tokens}; "
           f"{os.cpu_count()} cores, {a.threads} threads", flush=True)
@@ -101,6 +110,15 @@ def main(argv=None) -> int:
             k = cmp.kld(preset, "quantkit gptq")
             print(f"  {preset:<8} {k / cmp.kld(preset, PLAIN):>12.3f} {k / cmp.kld(preset, IMAT):>10.3f} "
                   f"{g.seconds:>8.1f} {g.peak_rss_mib:>13,.0f}")
+    missed = []
+    if "gptq" in methods:
+        print("\nissue 6 targets, quantkit gptq:")
+        for preset in presets:
+            for t in targets(cmp, preset):
+                print("  " + t.line())
+                if not t.met:
+                    missed.append(t)
+        print(f"  {len(missed)} missed")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\nwall {time.perf_counter() - t_start:.1f}s, bench process peak RSS {rss:,.0f} MiB; "
           f"report: {a.out / 'report.json'}")
@@ -109,7 +127,7 @@ def main(argv=None) -> int:
         for b in report.builds:
             b.path = None
         report.save(a.out)
-    return 0
+    return 1 if a.check and missed else 0
 
 
 if __name__ == "__main__":

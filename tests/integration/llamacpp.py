@@ -15,7 +15,7 @@ from quantkit.judge import Judge  # noqa: F401  (re-exported for the tests)
 
 def write_f32_base(src: Path, dst: Path) -> Path:
     """Dequantize every tensor of `src` to F32 with gguf-py (the oracle decoder) and copy
-    metadata and tokenizer: the full-precision base of anchors-270m.md."""
+    metadata and tokenizer: the full-precision base the llama.cpp 270M anchors were measured on."""
     if dst.exists():
         return dst
     r = GGUFReader(src)

@@ -3,7 +3,7 @@
 machinery of benches/quality.py (which prints the table) and tests/integration/test_quality_llamacpp.py (which
 asserts the targets).
 
-* Judge (anchors-270m.md, llama-perplexity's convention): the built-in `wiki` text in chunks of 512 tokens, the
+* Judge (as llama.cpp's 270M anchors, llama-perplexity's convention): the built-in `wiki` text in chunks of 512 tokens, the
   first token of each replaced by BOS, each decoded from an empty cache by llama.cpp (quantkit.judge.Judge);
   positions 256..510 scored; KLD = KL(F32 base || file) over the full vocabulary in float64. The base's logits at
   the scored positions are kept on disk while the files are judged.
@@ -41,6 +41,15 @@ PRESETS = ("Q2_K", "Q3_K_M", "Q4_0", "IQ4_XS", "Q4_K_M", "Q8_0")
 METHODS = ("rtn", "imatrix", "gptq")
 CHUNK = 512
 PLAIN, IMAT = "llama.cpp", "llama.cpp+imat"
+
+# Issue 6's targets for quantkit `gptq` at `--like PRESET`, asserted by test_quality_llamacpp.py on its CI presets and
+# by `benches/quality.py --check` on every preset it builds: mean KLD as a ratio to llama.cpp's file at the preset
+# without an imatrix at most NO_IMATRIX[preset]; never above llama.cpp with an imatrix at NOT_ABOVE_IMATRIX; the
+# file within SIZE_MATCH (relative) of llama.cpp's (the nearer of the two).
+NO_IMATRIX = {"Q2_K": 0.70, "Q3_K_M": 0.75, "Q4_0": 0.85, "IQ4_XS": 0.85, "Q8_0": 1.05}
+NOT_ABOVE_IMATRIX = ("Q2_K", "Q3_K_M", "IQ4_XS")
+SIZE_MATCH = 1e-3
+GPTQ = "quantkit gptq"
 
 
 def f32_base() -> Path:
@@ -220,3 +229,34 @@ def compare(presets, methods, *, n_chunks: int, calib_tokens: int, threads: int,
             log(f"  judged {b.label:<17} {b.preset:<7} mean KLD {res.mean_kld:.5f} ({time.perf_counter() - t:.1f}s)")
         del ref
     return cmp
+
+
+@dataclass
+class Target:
+    preset: str
+    kind: str  # "no imatrix", "imatrix", "size"
+    value: float  # gptq / llama.cpp mean KLD, or the relative size difference
+    limit: float
+
+    @property
+    def met(self) -> bool:
+        return self.value <= self.limit
+
+    def line(self) -> str:
+        what = {"no imatrix": "gptq / llama.cpp mean KLD", "imatrix": "gptq / llama.cpp+imatrix mean KLD",
+                "size": "file size off llama.cpp's"}[self.kind]
+        return f"{'ok  ' if self.met else 'MISS'} {self.preset:<7} {what} {self.value:.4g} (target <= {self.limit:g})"
+
+
+def targets(cmp: Comparison, preset: str) -> list[Target]:
+    """Issue 6's targets at one preset, as measured in `cmp` (which must hold the preset's gptq and llama.cpp rows)."""
+    out = []
+    g = cmp.kld(preset, GPTQ)
+    if preset in NO_IMATRIX:
+        out.append(Target(preset, "no imatrix", g / cmp.kld(preset, PLAIN), NO_IMATRIX[preset]))
+    if preset in NOT_ABOVE_IMATRIX:
+        out.append(Target(preset, "imatrix", g / cmp.kld(preset, IMAT), 1.0))
+    ours = cmp.get(preset, GPTQ)[2]
+    out.append(Target(preset, "size", min(abs(ours / cmp.get(preset, lab)[2] - 1) for lab in (PLAIN, IMAT)),
+                      SIZE_MATCH))
+    return out

@@ -28,7 +28,8 @@ from safetensors.torch import load_file, save_file
 
 import tiny_models
 import tiny_tokenizer
-from quantkit.formats.gguf_model import always_f32, plan_gguf, write_gguf
+from quantkit.formats.gguf_model import plan_gguf, write_gguf
+from quantkit.tensor_table import kept_f32
 from quantkit.formats.gguf_reader import GGUFFile
 from quantkit.formats.gguf_source import GGUFSource
 from quantkit.formats.hf_source import HFSource
@@ -164,7 +165,7 @@ def test_quantized_tensors_equal_llama_quantize(name, qname, built, tmp_path):
     _llama_quantize(b["conv"], theirs_path, qname)
     # llama-quantize never quantizes per_layer_model_proj (llama-quant.cpp tensor_allows_quantization)
     types = {p.canonical: qname for p in plan_gguf(b["source"])
-             if p.canonical and not always_f32(p.entry.name, p.entry.shape) and "per_layer_model_proj" not in p.entry.name}
+             if p.canonical and not kept_f32(p.entry.name, p.entry.shape) and "per_layer_model_proj" not in p.entry.name}
     ours_path = write_gguf(b["source"], tmp_path / f"quantkit.{qname}.gguf", types=types, progress=False)
     ours, theirs = GGUFFile(ours_path), GGUFFile(theirs_path)
     assert any(t.ggml_type.name == qname for t in ours.tensors.values())

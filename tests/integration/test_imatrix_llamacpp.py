@@ -18,9 +18,8 @@ import numpy as np
 import pytest
 from gguf import GGUFReader
 
-from quantkit.calibration.capture import capture
 from quantkit.calibration.imatrix import from_stats, read_imatrix, write_imatrix
-from quantkit.calibration.text import documents, eval_chunks
+from quantkit.calibration.text import documents
 from quantkit.formats import names
 from quantkit.formats.gguf_source import GGUFSource
 from quantkit.gptq import quantize_tensor
@@ -30,7 +29,6 @@ from .llamacpp_tools import llama_imatrix, llama_quantize_cli
 
 pytestmark = pytest.mark.integration
 
-CHUNKS, CTX = 4, 512
 TYPES = ["Q4_K", "Q3_K", "Q2_K", "Q6_K", "IQ4_XS"]
 LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 
@@ -49,15 +47,15 @@ def c4_text(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def llama_imat(f32_270m, c4_text, tmp_path_factory):
-    return llama_imatrix(f32_270m, c4_text, tmp_path_factory.mktemp("imat") / "llama-imatrix.gguf", chunks=CHUNKS, ctx=CTX)
+def llama_imat(f32_270m, c4_text, c4_capture_270m, tmp_path_factory):
+    """llama-imatrix over the tokens of quantkit's capture (conftest c4_capture_270m): the first chunks x 512 of c4."""
+    return llama_imatrix(f32_270m, c4_text, tmp_path_factory.mktemp("imat") / "llama-imatrix.gguf",
+                         chunks=c4_capture_270m.chunks, ctx=c4_capture_270m.ctx)
 
 
 @pytest.fixture(scope="module")
-def quantkit_stats(base):
-    """quantkit's capture over llama-imatrix's tokens: the first CHUNKS x 512 of the c4 stream, BOS first."""
-    ids = eval_chunks(base.tokenizer(), "c4", CHUNKS * CTX, CTX).ids
-    return capture(base.spec, base, ids, batch_size=2, progress=False).stats
+def quantkit_stats(c4_capture_270m):
+    return c4_capture_270m.stats
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +64,14 @@ def weights(f32_270m):
     return {t.name: np.asarray(t.data) for t in r.tensors}
 
 
-def test_quantkit_reads_llama_imatrix(llama_imat, c4_text, base, quantkit_stats):
+def test_quantkit_reads_llama_imatrix(llama_imat, c4_text, base, quantkit_stats, c4_capture_270m):
     im = read_imatrix(llama_imat)
     n_layers = len(base.spec.layers)
     expected = {f"blk.{i}.{k}.weight" for i in range(n_layers) for k in LINEARS}
     assert set(im.sums) == expected  # blk.* only: no token_embd (a lookup), no output (tied, no --process-output)
-    assert im.chunk_count == CHUNKS and im.chunk_size == CTX and im.datasets == [str(c4_text)]
-    assert all(int(c[0]) == CHUNKS * CTX for c in im.counts.values())
+    chunks, ctx = c4_capture_270m.chunks, c4_capture_270m.ctx
+    assert im.chunk_count == chunks and im.chunk_size == ctx and im.datasets == [str(c4_text)]
+    assert all(int(c[0]) == chunks * ctx for c in im.counts.values())
     theirs = im.importance()
     worst = {}
     for g in sorted(expected):
@@ -89,8 +88,9 @@ def test_quantkit_reads_llama_imatrix(llama_imat, c4_text, base, quantkit_stats)
     assert max(worst.values()) < 1e-2, sorted(worst.items(), key=lambda kv: -kv[1])[:5]
 
 
-def test_llama_quantize_takes_quantkit_imatrix(quantkit_stats, f32_270m, weights, tmp_path):
-    path = write_imatrix(tmp_path / "quantkit.gguf", from_stats(quantkit_stats, datasets=["c4"], chunk_size=CTX))
+def test_llama_quantize_takes_quantkit_imatrix(quantkit_stats, c4_capture_270m, f32_270m, weights, tmp_path):
+    path = write_imatrix(tmp_path / "quantkit.gguf",
+                         from_stats(quantkit_stats, datasets=["c4"], chunk_size=c4_capture_270m.ctx))
     out = llama_quantize_cli(f32_270m, tmp_path / "q4k.gguf", "Q4_K", imatrix=path, pure=True,
                              token_embedding_type="q8_0")
     stats = read_imatrix(path).stats()

