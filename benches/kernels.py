@@ -26,19 +26,15 @@ import numpy as np
 import gguf
 import numba
 
+from quantkit.formats.gguf_model import FILE_TYPE
 from quantkit.kernels import registry
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.integration.llamacpp import copy_metadata  # noqa: E402
 
 TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
          "IQ4_NL", "IQ4_XS", "IQ3_XXS", "IQ2_XS", "IQ2_XXS"]
 GGUF_PY = {"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"}
-FTYPES = {
-    "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "Q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1",
-    "Q5_0": "LLAMA_FTYPE_MOSTLY_Q5_0", "Q5_1": "LLAMA_FTYPE_MOSTLY_Q5_1", "Q2_K": "LLAMA_FTYPE_MOSTLY_Q2_K",
-    "Q3_K": "LLAMA_FTYPE_MOSTLY_Q3_K_M", "Q4_K": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "Q5_K": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
-    "Q6_K": "LLAMA_FTYPE_MOSTLY_Q6_K", "IQ4_NL": "LLAMA_FTYPE_MOSTLY_IQ4_NL", "IQ4_XS": "LLAMA_FTYPE_MOSTLY_IQ4_XS",
-    "IQ2_XXS": "LLAMA_FTYPE_MOSTLY_IQ2_XXS", "IQ2_XS": "LLAMA_FTYPE_MOSTLY_IQ2_XS",
-    "IQ3_XXS": "LLAMA_FTYPE_MOSTLY_IQ3_XXS",
-}
 MODEL = Path(os.environ.get("QUANTKIT_GEMMA3_270M_GGUF", "/root/.cache/quantkit/models/gemma-3-270m-q4_k_m.gguf"))
 TENSOR = "blk.0.ffn_down.weight"
 
@@ -55,15 +51,7 @@ def best_time(fn, repeats: int) -> float:
 def write_single_tensor_gguf(path: Path, x: np.ndarray) -> None:
     writer = gguf.GGUFWriter(str(path), "gemma3")
     if MODEL.exists():  # llama_model_quantize loads the hparams: borrow the real gemma3 ones
-        reader = gguf.GGUFReader(str(MODEL))
-        for key, field in reader.fields.items():
-            if key.startswith(("GGUF.", "tokenizer.")) or key in ("general.architecture", "general.file_type"):
-                continue
-            vt = field.types[0]
-            if vt == gguf.GGUFValueType.ARRAY:
-                writer.add_key_value(key, field.contents(), vt, sub_type=field.types[-1])
-            else:
-                writer.add_key_value(key, field.contents(), vt)
+        copy_metadata(gguf.GGUFReader(str(MODEL)), writer, skip=("tokenizer.",))
     else:
         writer.add_block_count(1)
         writer.add_context_length(2048)
@@ -106,7 +94,7 @@ class LlamaCpp:
         lc = self.llama_cpp
         params = lc.llama_model_quantize_default_params()
         params.nthread = nthread
-        params.ftype = getattr(lc, FTYPES[qname])
+        params.ftype = getattr(lc, "LLAMA_FTYPE_" + FILE_TYPE[qname])
         params.pure = True
         if imatrix is not None:
             entries = (lc.llama_model_imatrix_data * 2)()

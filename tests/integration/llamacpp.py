@@ -13,6 +13,21 @@ from gguf.quants import dequantize
 from quantkit.judge import Judge  # noqa: F401  (re-exported for the tests)
 
 
+def copy_metadata(reader: GGUFReader, writer: GGUFWriter, skip: tuple[str, ...] = ()) -> None:
+    """Every metadata key of `reader` into `writer` but the header fields, architecture and file type, and keys
+    starting with one of `skip` (a synthetic file borrows a real model's hparams so that llama.cpp loads it)."""
+    from gguf import GGUFValueType
+
+    for key, field in reader.fields.items():
+        if key.startswith(("GGUF.", *skip)) or key in ("general.architecture", "general.file_type"):
+            continue
+        vtype = field.types[0]
+        if vtype == GGUFValueType.ARRAY:
+            writer.add_key_value(key, field.contents(), vtype, sub_type=field.types[-1])
+        else:
+            writer.add_key_value(key, field.contents(), vtype)
+
+
 def write_f32_base(src: Path, dst: Path) -> Path:
     """Dequantize every tensor of `src` to F32 with gguf-py (the oracle decoder) and copy
     metadata and tokenizer: the full-precision base the llama.cpp 270M anchors were measured on."""
@@ -48,24 +63,9 @@ _COMPLETE = ("convert_hf_to_gguf.py", "gguf-py/gguf/__init__.py", "CMakeLists.tx
 
 def llama_cpp_sdist() -> Path:
     """The llama-cpp-python source package, downloaded once with pip into the quantkit cache."""
-    import subprocess
-    import sys
-    import tempfile
+    from quantkit.cache import pip_download
 
-    from quantkit.cache import cache_dir
-
-    dest = cache_dir("downloads")
-    path = dest / _SDIST
-    if path.is_file():
-        return path
-    with tempfile.TemporaryDirectory(dir=dest) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "-q", "-d", tmp, LLAMA_CPP_PYTHON]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        got = Path(tmp) / _SDIST
-        if r.returncode != 0 or not got.is_file():
-            raise RuntimeError(f"`{' '.join(cmd[2:])}` failed: {(r.stderr or r.stdout)[-2000:]}")
-        os.replace(got, path)
-    return path
+    return pip_download(LLAMA_CPP_PYTHON, _SDIST, None, source=True)
 
 
 def llama_cpp_source() -> Path:
@@ -113,14 +113,16 @@ def convert_hf(hf_dir: Path, out: Path, outtype: str = "f32") -> Path:
 
 
 def llama_quantize(src: Path, dst: Path, preset: str, importance: dict[str, np.ndarray] | None = None,
-                   threads: int = 2) -> None:
-    """`llama_model_quantize` at a preset, optionally with an importance matrix (E[x^2] per
-    input column, by GGUF tensor name) handed over as llama.cpp's imatrix entries."""
+                   threads: int = 2, pure: bool = False) -> None:
+    """`llama_model_quantize` at a preset (`pure`: every tensor at the preset's default type, as
+    `llama-quantize --pure`), optionally with an importance matrix (E[x^2] per input column, by
+    GGUF tensor name) handed over as llama.cpp's imatrix entries."""
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.nthread = threads
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{preset}")
+    params.pure = pure
     keep = []  # the ctypes arrays must outlive the call
     if importance is not None:
         entries = (llama_cpp.llama_model_imatrix_data * (len(importance) + 1))()

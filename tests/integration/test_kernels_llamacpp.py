@@ -17,7 +17,6 @@ Run: .venv/bin/pytest -m integration tests/integration/test_kernels_llamacpp.py 
 
 from __future__ import annotations
 
-import ctypes
 import os
 from pathlib import Path
 
@@ -27,21 +26,15 @@ import pytest
 import gguf  # noqa: E402
 import llama_cpp  # noqa: E402  (test dependency: missing must fail, not skip)
 
+from quantkit.formats.gguf_model import FILE_TYPE  # noqa: E402
 from quantkit.kernels import group, registry  # noqa: E402
+
+from .llamacpp import copy_metadata, llama_quantize  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
 NTHREAD = 2
 
-# target type -> llama_ftype whose default type (with pure=True) is that type
-FTYPES = {
-    "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "Q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1",
-    "Q5_0": "LLAMA_FTYPE_MOSTLY_Q5_0", "Q5_1": "LLAMA_FTYPE_MOSTLY_Q5_1", "Q2_K": "LLAMA_FTYPE_MOSTLY_Q2_K",
-    "Q3_K": "LLAMA_FTYPE_MOSTLY_Q3_K_M", "Q4_K": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "Q5_K": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
-    "Q6_K": "LLAMA_FTYPE_MOSTLY_Q6_K", "IQ4_NL": "LLAMA_FTYPE_MOSTLY_IQ4_NL", "IQ4_XS": "LLAMA_FTYPE_MOSTLY_IQ4_XS",
-    "IQ2_XXS": "LLAMA_FTYPE_MOSTLY_IQ2_XXS", "IQ2_XS": "LLAMA_FTYPE_MOSTLY_IQ2_XS",
-    "IQ3_XXS": "LLAMA_FTYPE_MOSTLY_IQ3_XXS",
-}
 PLAIN_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
 IMATRIX_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS",
                  "IQ2_XXS", "IQ2_XS", "IQ3_XXS"]
@@ -52,17 +45,6 @@ REAL_LAYERS = ("blk.0.", "blk.17.")
 def real_gguf(q4km_270m) -> Path:
     """The session's 270M Q4_K_M (conftest q4km_270m, in the quantkit cache), or QUANTKIT_GEMMA3_270M_GGUF."""
     return Path(os.environ.get("QUANTKIT_GEMMA3_270M_GGUF") or q4km_270m)
-
-
-def _copy_metadata(reader, writer) -> None:
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF.") or key in ("general.architecture", "general.file_type"):
-            continue
-        vtype = field.types[0]
-        if vtype == gguf.GGUFValueType.ARRAY:
-            writer.add_key_value(key, field.contents(), vtype, sub_type=field.types[-1])
-        else:
-            writer.add_key_value(key, field.contents(), vtype)
 
 
 def _adversarial(cols: int, rng) -> np.ndarray:
@@ -81,7 +63,7 @@ def f32_source(real_gguf, tmp_path_factory):
     reader = gguf.GGUFReader(str(real_gguf))
     path = tmp_path_factory.mktemp("f32") / "source-f32.gguf"
     writer = gguf.GGUFWriter(str(path), "gemma3")
-    _copy_metadata(reader, writer)
+    copy_metadata(reader, writer)
     writer.add_file_type(0)  # ALL_F32
     tensors: dict[str, np.ndarray] = {}
     for t in reader.tensors:
@@ -114,24 +96,8 @@ def _imatrix(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _llama_quantize(src: Path, dst: Path, qname: str, imatrix: dict[str, np.ndarray] | None = None) -> None:
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.nthread = NTHREAD
-    params.ftype = getattr(llama_cpp, FTYPES[qname])
-    params.pure = True
-    keep = []
-    if imatrix is not None:
-        entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
-        for i, (name, vec) in enumerate(imatrix.items()):
-            vec = np.ascontiguousarray(vec, np.float32)
-            keep.append(vec)
-            entries[i].name = name.encode()
-            entries[i].data = vec.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-            entries[i].size = vec.size
-        entries[len(imatrix)].name = None
-        keep.append(entries)
-        params.imatrix = ctypes.cast(entries, type(params.imatrix))
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
-    assert rc == 0, f"llama_model_quantize failed for {qname}"
+    """llama-quantize --pure at the preset whose default type is `qname`."""
+    llama_quantize(src, dst, FILE_TYPE[qname].removeprefix("MOSTLY_"), imatrix, threads=NTHREAD, pure=True)
 
 
 def _compare_all(out_path: Path, tensors, qname: str, imatrix=None) -> dict:
@@ -201,7 +167,7 @@ def iq_model(real_gguf, tmp_path_factory):
     reader = gguf.GGUFReader(str(real_gguf))
     path = tmp_path_factory.mktemp("iq") / "gemma-3-270m-iq.gguf"
     writer = gguf.GGUFWriter(str(path), "gemma3")
-    _copy_metadata(reader, writer)
+    copy_metadata(reader, writer)
     used = {}
     for t in reader.tensors:
         qtype = None
