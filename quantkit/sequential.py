@@ -21,12 +21,11 @@ from quantkit.kernels import fixed, group, registry
 from quantkit.plan import Plan
 from quantkit.workdir import WorkDir
 
-Quantize = Callable[[str, LinearStats], "np.ndarray | None"]  # (name, stats) -> dequantized values, or None
-
-
 class _StageReads:
-    """The capture's weight getter: it keeps what the running stage read from the source, so GPTQ quantizes the
-    very arrays the forward used (`weight`) instead of reading each weight a second time."""
+    """The capture's weight getter: it keeps what the running stage read from the source, so that GPTQ quantizes
+    the arrays the forward used (`weight`) instead of reading them a second time. That is what happens to expert
+    stacks, which the forward reads before their stage ends; a dense linear is quantized before the forward reads
+    it (on_linear), and the forward then uses its quantized values, so it is read once either way."""
 
     def __init__(self, source: TensorSource):
         self.source = source
@@ -46,8 +45,12 @@ class _StageReads:
         return self.source.get(name) if w is None else w
 
 
-def _run(source: TensorSource, ids: np.ndarray, one: Callable[[_StageReads, str, LinearStats], "np.ndarray | None"],
-         device: str, progress: bool, work: WorkDir | None = None, start: Checkpoint | None = None):
+# (the stage's reads, name, statistics) -> the tensor's dequantized values, or None to leave it alone
+Quantize = Callable[[_StageReads, str, LinearStats], "np.ndarray | None"]
+
+
+def _run(source: TensorSource, ids: np.ndarray, one: Quantize, device: str, progress: bool,
+         work: WorkDir | None = None, start: Checkpoint | None = None):
     reads = _StageReads(source)
 
     def on_linear(n, st):
@@ -68,7 +71,7 @@ def gptq_ggml(source: TensorSource, plan: Plan, ids: np.ndarray, work: WorkDir, 
     importance (from the complete capture), with which the writer quantizes them."""
     types = plan.types
 
-    def one(reads: _StageReads, n: str, st: LinearStats) -> np.ndarray | None:
+    def one(reads: _StageReads, n: str, st: LinearStats) -> np.ndarray | None:  # a Quantize
         # the tied head (embed_tokens) is quantized by the writer, as a lookup table with its own importance
         if n not in types or types[n] in registry.FLOATS or n == "embed_tokens.weight":
             return None
