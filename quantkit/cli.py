@@ -90,6 +90,9 @@ def parse_size(text: str) -> int:
 @click.option("--bits", type=click.Choice(["2", "3", "4", "8"]), help="Best build at the size of a uniform B-bit build: B + 0.5 bits per weight (one fp16 scale per 32 weights), llama.cpp's fallback type where rows don't fit a 256-block.")
 @click.option("--max-size", metavar="SIZE", help="Best build whose file is at most SIZE (e.g. 1.4GB, 1400MB, 1.3GiB).")
 @click.option("--like", "like", metavar="PRESET", help="llama.cpp's own per-tensor types for a llama-quantize preset (Q2_K, Q3_K_M, Q4_0, IQ4_XS, Q4_K_M, Q8_0, ...).")
+@click.option("--recipe", "recipe_file", metavar="PLAN_JSON", type=click.Path(dir_okay=False),
+              help="Rebuild exactly the per-tensor types of an earlier run's plan.json (on another machine, with another "
+                   "--method); refused, naming the first tensor that differs, if it was made for another model.")
 @click.option("--type", "type_name", metavar="TYPE", help="Every quantizable tensor in one ggml type (Q8_0, Q4_K, ...; llama.cpp's fallback for rows that don't fit).")
 @click.option("--format", "fmt", type=click.Choice(["gguf", "safetensors"]), default="gguf", show_default=True,
               help="gguf: one .gguf file for llama.cpp. safetensors: a Hugging Face directory in compressed-tensors' "
@@ -118,13 +121,13 @@ def parse_size(text: str) -> int:
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run in --out from its last completed block (same model, options and "
                    "threads; the result is the same bytes). Without it, a run refuses an --out that holds one.")
-def compress_cmd(model, bits, max_size, like, type_name, fmt, group_size, asym, ple_type, method, calib, calib_tokens,
+def compress_cmd(model, bits, max_size, like, recipe_file, type_name, fmt, group_size, asym, ple_type, method, calib, calib_tokens,
                  text, eval_tokens, judge, out_dir, from_path, dry_run, device, threads, resume) -> None:
     """Quantize MODEL to a GGUF build that llama.cpp runs (or, with --format safetensors, a
     compressed-tensors directory for transformers and vLLM), with a report.
 
     MODEL is a preset (gemma3-270m, e2b, e4b, 26b-a4b, 31b), a Hugging Face checkpoint
-    directory or a GGUF file. Give one of --bits, --max-size, --like or --type. The
+    directory or a GGUF file. Give one of --bits, --max-size, --like, --recipe or --type. The
     output directory receives the build, plan.json, report.json, report.md and the
     accuracy_vs_size charts (PNG and SVG).
     """
@@ -140,7 +143,8 @@ def compress_cmd(model, bits, max_size, like, type_name, fmt, group_size, asym, 
     if fmt == "gguf" and (group_size is not None or asym):
         raise click.BadParameter("--group-size and --asym are options of --format safetensors", param_hint="--format")
     opts = CompressOptions(type_name=type_name, bits=int(bits) if bits else None,
-                           max_size=parse_size(max_size) if max_size else None, like=like, ple_type=ple_type,
+                           max_size=parse_size(max_size) if max_size else None, like=like, recipe_file=recipe_file,
+                           ple_type=ple_type,
                            method=method, calib=calib, calib_tokens=calib_tokens, text=text, eval_tokens=eval_tokens,
                            judge=judge, format=fmt, group_size=int(group_size or 128), symmetric=not asym,
                            dry_run=dry_run, device=device, progress=sys.stderr.isatty())

@@ -38,7 +38,7 @@ from quantkit.workdir import WorkDir, fingerprint
 
 SEQ_LEN = 512  # calibration sequence length
 BUDGET_PRECAPTURE_SEQS = 32  # with --method gptq, the budget's importance comes from this many sequences
-RECIPES = ("type_name", "bits", "max_size", "like")
+RECIPES = ("type_name", "bits", "max_size", "like", "recipe_file")
 
 
 @dataclass
@@ -47,6 +47,7 @@ class CompressOptions:
     bits: int | None = None
     max_size: int | None = None
     like: str | None = None
+    recipe_file: str | None = None  # an earlier run's plan.json
     ple_type: str | None = None
     method: str = "gptq"
     calib: str = "c4"
@@ -65,7 +66,7 @@ class CompressOptions:
         """Which of --type, --bits, --max-size, --like was given (exactly one must be)."""
         given = [k for k in RECIPES if getattr(self, k) is not None]
         if len(given) != 1:
-            raise BadOption("give exactly one of --type, --bits, --max-size, --like")
+            raise BadOption("give exactly one of --type, --bits, --max-size, --like, --recipe")
         return given[0]
 
     @property
@@ -88,7 +89,7 @@ class CompressOptions:
             return (f"--format safetensors --bits {self.bits} --group-size {self.group_size}"
                     + ("" if self.symmetric else " --asym") + f" --method {self.method}")
         flags = {"type_name": "--type", "bits": "--bits", "max_size": "--max-size", "like": "--like",
-                 "ple_type": "--ple-type"}
+                 "recipe_file": "--recipe", "ple_type": "--ple-type"}
         parts = [f"{flag} {getattr(self, k)}" for k, flag in flags.items() if getattr(self, k)]
         return " ".join([*parts, f"--method {self.method}"])
 
@@ -98,6 +99,8 @@ class CompressOptions:
             return f"{pack_quantized.IntScheme(self.bits, self.group_size, self.symmetric).label}-{self.method}"
         short = {"type_name": "type", "bits": "bits", "max_size": "max", "like": "like", "ple_type": "ple"}
         parts = [f"{tag}{getattr(self, k)}" for k, tag in short.items() if getattr(self, k)]
+        if self.recipe_file:
+            parts.insert(0, "recipe-" + Path(self.recipe_file).parent.name)
         return "-".join([*parts, self.method])
 
     def provenance(self) -> dict[str, str]:
@@ -265,6 +268,8 @@ def make_plan(source: TensorSource, opts: CompressOptions, error: plans.ErrorFn 
         p = plans.uniform(table, opts.type_name)
     elif mode == "like":
         p = plans.like(source.spec, table, opts.like, has_imatrix=opts.calibrated)
+    elif mode == "recipe_file":
+        p = plans.recipe(Path(opts.recipe_file), table)
     else:
         budget, label = _budget(source, opts)
         return plans.budget(table, budget, error, with_data=opts.calibrated, forced=forced, mode=label)
@@ -315,7 +320,8 @@ def run_safetensors(source: TensorSource, out_dir: Path, opts: CompressOptions,
     out_dir/<model>-<scheme>-<method>/."""
     t0 = time.perf_counter()
     if opts.mode() != "bits" or opts.ple_type:
-        raise BadOption("--format safetensors takes --bits (2, 4 or 8), not --type, --max-size, --like or --ple-type")
+        raise BadOption("--format safetensors takes --bits (2, 4 or 8), not --type, --max-size, --like, --recipe or "
+                        "--ple-type")
     if opts.bits not in pack_quantized.BITS:
         raise BadOption(f"--format safetensors --bits {opts.bits}: expected one of "
                         f"{', '.join(map(str, pack_quantized.BITS))}")

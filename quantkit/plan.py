@@ -17,6 +17,7 @@ import json
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Mapping
 
 from quantkit import recipes
@@ -74,6 +75,7 @@ class Plan:
         d = json.loads(data)
         return from_types(table, {n: t["type"] for n, t in d["tensors"].items()}, d["mode"], d["budget"])
 
+
     def summary(self) -> str:
         """The plan as a table by tensor group (printed by compress, written into report.md)."""
         lines = [f"plan: {self.mode}", f"{'group':<12}{'params':>16}{'bytes':>16}{'bpw':>8}  types"]
@@ -102,6 +104,37 @@ def from_types(table: TensorTable, types: Mapping[str, str], mode: str, budget: 
         t = types[n]
         tensors[n] = PlannedTensor(n, row.shape, t, registry.tensor_nbytes(t, row.shape), row.group)
     return Plan(mode, tensors, budget)
+
+
+def recipe(path: Path, table: TensorTable) -> Plan:
+    """The per-tensor types of an earlier run's plan.json (`--recipe`), for this model's tensor table: every tensor
+    must be there with the same shape and a type quantkit can write for it; the first that is not is named."""
+    where = f"--recipe {path}"
+    try:
+        tensors = json.loads(path.read_bytes())["tensors"]
+        types = {n: t["type"] for n, t in tensors.items()}
+        shapes = {n: tuple(t["shape"]) for n, t in tensors.items()}
+    except OSError as e:
+        raise BadOption(f"{where}: cannot read it ({e.strerror})") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise BadOption(f"{where}: not a quantkit plan.json ({type(e).__name__}: {e})") from None
+    for n, row in table.items():
+        if n not in types:
+            raise BadOption(f"{where}: tensor {row.gguf} ({n}) is not in the recipe: it was made for another model")
+        if shapes[n] != row.shape:
+            raise BadOption(f"{where}: tensor {row.gguf} has shape {list(shapes[n])} in the recipe, "
+                            f"{list(row.shape)} in this model: it was made for another model")
+        t = types[n]
+        if t not in registry.TYPES:
+            raise BadOption(f"{where}: tensor {row.gguf}: {t!r} is not a ggml type quantkit writes")
+        if row.fixed and t != row.fixed:
+            raise BadOption(f"{where}: tensor {row.gguf} is kept {row.fixed}; the recipe asks for {t}")
+        if row.cols % registry.get(t).block_size:
+            raise BadOption(f"{where}: tensor {row.gguf}: {t} blocks do not divide its rows of {row.cols}")
+    extra = [n for n in types if n not in table]
+    if extra:
+        raise BadOption(f"{where}: tensor {extra[0]} is not in this model: the recipe was made for another model")
+    return from_types(table, types, f"recipe {path.name}")
 
 
 def uniform(table: TensorTable, type_name: str) -> Plan:

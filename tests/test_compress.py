@@ -53,3 +53,36 @@ def test_max_size_lands_under_budget(checkpoint, tmp_path):
                                                        calib_tokens=1024, eval_tokens=0, progress=False))
     assert res.file_bytes <= target
     assert len({t for t in res.plan.types.values() if t != "F32"}) >= 2  # a real mix, not one type
+
+
+def test_recipe_rebuilds_the_plan_and_refuses_another_model(checkpoint, tmp_path):
+    """--recipe plan.json: an earlier run's per-tensor types, with another method; a recipe made for another model
+    is refused, naming the first tensor that differs."""
+    from quantkit.compress import compress
+    from quantkit.errors import BadOption
+    from quantkit.formats.gguf_reader import GGUFFile
+
+    d, text = checkpoint
+    src = HFSource(d)
+    first = compress(src, tmp_path / "like", CompressOptions(like="Q3_K_M", method="rtn", eval_tokens=0,
+                                                            progress=False))
+    recipe = tmp_path / "like" / "plan.json"
+    again = run(src, tmp_path / "again", CompressOptions(recipe_file=str(recipe), method="rtn", eval_tokens=0,
+                                                         progress=False))
+    assert again.plan.types == first.plan.types and len(set(first.plan.types.values())) >= 3
+    a, b = GGUFFile(first.path), GGUFFile(again.path)  # same types, same method: the same tensor bytes
+    assert list(a.tensors) == list(b.tensors) and all(np.array_equal(a.raw(n), b.raw(n)) for n in a.tensors)
+    assert b.metadata["quantkit.recipe"] == f"--recipe {recipe} --method rtn"
+    assert len(set(again.path.name.split("-")) & {"recipe", "like", "rtn"}) == 2  # recipe-like-Q3_K_M-rtn...
+
+    other = tmp_path / "other"
+    model, _ = tiny_models.gemma4_dense()
+    model.save_pretrained(other)
+    tiny_tokenizer.save(other)
+    with pytest.raises(BadOption, match=r"--recipe .*plan\.json: tensor \S+ .*made for another model"):
+        run(HFSource(other), tmp_path / "x", CompressOptions(recipe_file=str(recipe), method="rtn", eval_tokens=0,
+                                                             progress=False))
+    recipe.write_text("{not json")
+    with pytest.raises(BadOption, match=r"--recipe .*plan\.json: not a quantkit plan\.json"):
+        run(src, tmp_path / "y", CompressOptions(recipe_file=str(recipe), method="rtn", eval_tokens=0, progress=False))
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()  # refused before anything is written
