@@ -105,6 +105,18 @@ def parse_size(text: str) -> int:
                    "that is not a multiple of it takes the largest smaller group that fits, else -1.  [default: 128]")
 @click.option("--asym", is_flag=True, help="--format safetensors: asymmetric (scale and zero point per group). "
               "transformers loads these only with CompressedTensorsConfig(dequantize=True).")
+@click.option("--tensor-type", "tensor_types", metavar="REGEX=TYPE", multiple=True,
+              help="llama-quantize's --tensor-type: every quantizable tensor whose GGUF name REGEX matches (anywhere; the "
+                   "first matching pattern wins) takes TYPE, or llama.cpp's fallback where its rows don't fit. "
+                   "Repeatable; combines with --type, --like, --bits, --max-size (a budget spends what the forced "
+                   "tensors leave) and --recipe. --dry-run lists what each matched; a pattern matching nothing is an "
+                   "error.")
+@click.option("--token-embedding-type", metavar="TYPE",
+              help="llama-quantize's --token-embedding-type: token_embd and per_layer_token_embd (the latter unless a "
+                   "--tensor-type names it).")
+@click.option("--output-tensor-type", metavar="TYPE",
+              help="llama-quantize's --output-tensor-type: the output head, which in Gemma is the tied token_embd "
+                   "(and per_layer_token_embd) unless --token-embedding-type or a --tensor-type names them.")
 @click.option("--ple-type", metavar="TYPE", help="Force the Per-Layer Embedding table's type instead of letting the budget decide.")
 @click.option("--method", type=click.Choice(["gptq", "imatrix", "rtn"]), default="gptq", show_default=True,
               help="gptq: error feedback inside the ggml formats; imatrix: llama.cpp's importance-weighted search; rtn: llama.cpp's data-free rounding.")
@@ -121,7 +133,8 @@ def parse_size(text: str) -> int:
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run in --out from its last completed block (same model, options and "
                    "threads; the result is the same bytes). Without it, a run refuses an --out that holds one.")
-def compress_cmd(model, bits, max_size, like, recipe_file, type_name, fmt, group_size, asym, ple_type, method, calib, calib_tokens,
+def compress_cmd(model, bits, max_size, like, recipe_file, type_name, fmt, group_size, asym, tensor_types,
+                 token_embedding_type, output_tensor_type, ple_type, method, calib, calib_tokens,
                  text, eval_tokens, judge, out_dir, from_path, dry_run, device, threads, resume) -> None:
     """Quantize MODEL to a GGUF build that llama.cpp runs (or, with --format safetensors, a
     compressed-tensors directory for transformers and vLLM), with a report.
@@ -134,6 +147,7 @@ def compress_cmd(model, bits, max_size, like, recipe_file, type_name, fmt, group
     import torch
 
     from quantkit.compress import CompressOptions, compress, default_out
+    from quantkit.overrides import Overrides
     from quantkit.sources import open_source
 
     if threads:
@@ -145,6 +159,7 @@ def compress_cmd(model, bits, max_size, like, recipe_file, type_name, fmt, group
     opts = CompressOptions(type_name=type_name, bits=int(bits) if bits else None,
                            max_size=parse_size(max_size) if max_size else None, like=like, recipe_file=recipe_file,
                            ple_type=ple_type,
+                           overrides=Overrides.parse(tensor_types, token_embedding_type, output_tensor_type),
                            method=method, calib=calib, calib_tokens=calib_tokens, text=text, eval_tokens=eval_tokens,
                            judge=judge, format=fmt, group_size=int(group_size or 128), symmetric=not asym,
                            dry_run=dry_run, device=device, progress=sys.stderr.isatty())

@@ -33,6 +33,7 @@ from quantkit.formats.atomic import atomic_write
 from quantkit.formats.source import TensorSource
 from quantkit.gptq import METHODS
 from quantkit.kernels import registry
+from quantkit.overrides import Overrides, apply as apply_overrides
 from quantkit.reports.metrics import EvalResult
 from quantkit.workdir import WorkDir, fingerprint
 
@@ -49,6 +50,7 @@ class CompressOptions:
     like: str | None = None
     recipe_file: str | None = None  # an earlier run's plan.json
     ple_type: str | None = None
+    overrides: Overrides = field(default_factory=Overrides)  # --tensor-type and friends
     method: str = "gptq"
     calib: str = "c4"
     calib_tokens: int = 128 * 512
@@ -91,7 +93,7 @@ class CompressOptions:
         flags = {"type_name": "--type", "bits": "--bits", "max_size": "--max-size", "like": "--like",
                  "recipe_file": "--recipe", "ple_type": "--ple-type"}
         parts = [f"{flag} {getattr(self, k)}" for k, flag in flags.items() if getattr(self, k)]
-        return " ".join([*parts, f"--method {self.method}"])
+        return " ".join([*parts, *self.overrides.label(), f"--method {self.method}"])
 
     def label(self) -> str:
         """The run's name in paths ("bits4-gptq", "likeQ2_K-imatrix", "int4-g128-gptq"): the one place it is made."""
@@ -101,6 +103,8 @@ class CompressOptions:
         parts = [f"{tag}{getattr(self, k)}" for k, tag in short.items() if getattr(self, k)]
         if self.recipe_file:
             parts.insert(0, "recipe-" + Path(self.recipe_file).parent.name)
+        if self.overrides:
+            parts.append("custom")  # --tensor-type and friends: the full flags are in the build's quantkit.recipe
         return "-".join([*parts, self.method])
 
     def provenance(self) -> dict[str, str]:
@@ -142,6 +146,9 @@ def compress(source: TensorSource, out_dir: Path, opts: CompressOptions, resume:
     if result.resumed:
         log(f"resumed {out_dir / 'work'}: the interrupted run had done its {result.resumed}")
     log(result.plan.summary())
+    if opts.overrides and opts.format == "gguf":
+        for flag, hits in apply_overrides(opts.overrides, source.table).matched.items():
+            log(f"{flag}: {len(hits)} tensors ({', '.join(hits[:4])}{', ...' if len(hits) > 4 else ''})")
     if opts.dry_run:
         return result
     atomic_write(out_dir / "plan.json", result.plan.to_json())
@@ -171,8 +178,7 @@ def run(source: TensorSource, out_dir: Path, opts: CompressOptions, resume: bool
     # size and forced types (its plan needs the measured errors)
     plan = None if opts.budgeted else make_plan(source, opts)
     if opts.budgeted:
-        _budget(source, opts)
-        _forced(source.table, opts)
+        plans.pinned(source.table, _budget(source, opts)[0], _forced(source.table, opts))
     if opts.dry_run:  # data-free: a budget's plan uses the prior error estimate
         return CompressResult(plan or make_plan(source, opts))
     work = WorkDir.open(out_dir / "work", fingerprint(source.path, asdict(opts)), resume)
@@ -267,24 +273,27 @@ def make_plan(source: TensorSource, opts: CompressOptions, error: plans.ErrorFn 
     if mode == "type_name":
         p = plans.uniform(table, opts.type_name)
     elif mode == "like":
-        p = plans.like(source.spec, table, opts.like, has_imatrix=opts.calibrated)
+        p = plans.like(source.spec, table, opts.like, has_imatrix=opts.calibrated, forced=forced)
     elif mode == "recipe_file":
         p = plans.recipe(Path(opts.recipe_file), table)
     else:
         budget, label = _budget(source, opts)
         return plans.budget(table, budget, error, with_data=opts.calibrated, forced=forced, mode=label)
     if forced:
-        p = plans.from_types(table, {**p.types, **forced}, p.mode + f" --ple-type {opts.ple_type}")
+        flags = ([f"--ple-type {opts.ple_type}"] if opts.ple_type else []) + opts.overrides.label()
+        p = plans.from_types(table, {**p.types, **forced}, " ".join([p.mode, *flags]))
     return p
 
 
 def _forced(table, opts: CompressOptions) -> dict[str, str]:
-    """The types the user pins (--ple-type)."""
-    if not opts.ple_type:
-        return {}
-    forced = {n: opts.ple_type for n in plans.LOOKUP_TABLES[1:] if n in table}
-    if not forced:
-        raise BadOption("--ple-type: this model has no Per-Layer Embedding table")
+    """The types the user pins: --ple-type, then the llama-quantize style overrides (quantkit.overrides)."""
+    forced = {}
+    if opts.ple_type:
+        forced = {n: opts.ple_type for n in plans.LOOKUP_TABLES[1:] if n in table}
+        if not forced:
+            raise BadOption("--ple-type: this model has no Per-Layer Embedding table")
+    if opts.overrides:
+        forced.update(apply_overrides(opts.overrides, table).types)
     return forced
 
 
@@ -319,9 +328,9 @@ def run_safetensors(source: TensorSource, out_dir: Path, opts: CompressOptions,
     quantized with rtn, imatrix or GPTQ; everything else copied in the source dtype. The build directory is
     out_dir/<model>-<scheme>-<method>/."""
     t0 = time.perf_counter()
-    if opts.mode() != "bits" or opts.ple_type:
-        raise BadOption("--format safetensors takes --bits (2, 4 or 8), not --type, --max-size, --like, --recipe or "
-                        "--ple-type")
+    if opts.mode() != "bits" or opts.ple_type or opts.overrides:
+        raise BadOption("--format safetensors takes --bits (2, 4 or 8), not --type, --max-size, --like, --recipe, "
+                        "--ple-type or the type overrides")
     if opts.bits not in pack_quantized.BITS:
         raise BadOption(f"--format safetensors --bits {opts.bits}: expected one of "
                         f"{', '.join(map(str, pack_quantized.BITS))}")

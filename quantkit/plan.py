@@ -143,8 +143,9 @@ def uniform(table: TensorTable, type_name: str) -> Plan:
     return from_types(table, types, f"uniform {type_name}")
 
 
-def like(spec: ModelSpec, table: TensorTable, preset: str, has_imatrix: bool = False) -> Plan:
-    types = recipes.like(preset, spec, table, has_imatrix)
+def like(spec: ModelSpec, table: TensorTable, preset: str, has_imatrix: bool = False,
+         forced: Mapping[str, str] | None = None) -> Plan:
+    types = recipes.like(preset, spec, table, has_imatrix, forced)
     for n, row in table.items():
         if row.fixed:
             types[n] = row.fixed
@@ -186,22 +187,27 @@ def prior_error(row: TensorRow, type_name: str) -> float:
     return row.n_params * 4.0 ** -registry.get(type_name).bits_per_weight
 
 
+def pinned(table: TensorTable, nbytes: int, forced: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The types a budget does not choose: the fixed tensors' and `forced` ones (e.g. --ple-type, --tensor-type);
+    an error naming the bytes when they alone do not fit in `nbytes`."""
+    pins = {n: row.fixed or forced[n] for n, row in table.items() if row.fixed or n in (forced or {})}
+    pinned_bytes = sum(registry.tensor_nbytes(t, table[n].shape) for n, t in pins.items())
+    if pinned_bytes > nbytes:
+        raise BadOption(f"budget of {nbytes:,} bytes is below the fixed-type tensors' {pinned_bytes:,} bytes")
+    return pins
+
+
 def budget(table: TensorTable, nbytes: int, error: ErrorFn | None = None, with_data: bool = True,
            forced: Mapping[str, str] | None = None, mode: str | None = None) -> Plan:
     """Minimise Σ error(tensor, type) subject to Σ bytes <= nbytes (tensor data only).
     `forced` pins types (e.g. --ple-type); fixed tensors are F32."""
-    forced = dict(forced or {})
-    fixed_bytes = 0
+    pins = pinned(table, nbytes, forced)
     items: dict[str, list[Option]] = {}
     for n, row in table.items():
-        t = row.fixed or forced.get(n)
-        if t:
-            forced[n] = t
-            fixed_bytes += registry.tensor_nbytes(t, row.shape)
+        if n in pins:
             continue
         est = error or (lambda name, ty, row=row: prior_error(row, ty))
         items[n] = [Option(t, registry.tensor_nbytes(t, row.shape), est(n, t)) for t in candidates(row.cols, with_data)]
-    if fixed_bytes > nbytes:
-        raise BadOption(f"budget of {nbytes:,} bytes is below the fixed-type tensors' {fixed_bytes:,} bytes")
-    alloc = allocate(items, nbytes - fixed_bytes)
-    return from_types(table, {**forced, **alloc.types}, mode or f"budget {nbytes:,} bytes", nbytes)
+    pinned_bytes = sum(registry.tensor_nbytes(t, table[n].shape) for n, t in pins.items())
+    alloc = allocate(items, nbytes - pinned_bytes)
+    return from_types(table, {**pins, **alloc.types}, mode or f"budget {nbytes:,} bytes", nbytes)

@@ -18,6 +18,7 @@ default type's block does not divide the row); norms, 1-D tensors, `ffn_gate_inp
 from __future__ import annotations
 
 import re
+from typing import Mapping
 from dataclasses import dataclass
 from quantkit.errors import BadOption
 from quantkit.kernels import registry
@@ -171,11 +172,13 @@ def _choose(s: _State, ftype: str, t: str, name: str, cat: str, cols: int) -> st
     return t
 
 
-def like(preset: str, spec: ModelSpec, table: TensorTable, has_imatrix: bool = False) -> dict[str, str]:
+def like(preset: str, spec: ModelSpec, table: TensorTable, has_imatrix: bool = False,
+         manual: Mapping[str, str] | None = None) -> dict[str, str]:
     """The type llama-quantize PRESET gives every tensor of the table (canonical name -> ggml type name).
 
     `has_imatrix`: whether an importance matrix is given (changes attn_v / ffn_down for some presets, as in
-    llama.cpp). Tensors llama.cpp does not quantize keep their float storage type (F32 if the source's is not a
+    llama.cpp). `manual`: the user's types (quantkit.overrides), which llama.cpp takes instead of its rules, so
+    those tensors do not advance the rules' attn_v / ffn_down counters either. Tensors llama.cpp does not quantize keep their float storage type (F32 if the source's is not a
     float type). Types quantkit cannot encode (IQ3_S, IQ2_S) may appear for IQ3_XXS.
     """
     key = preset.upper()
@@ -198,6 +201,9 @@ def like(preset: str, spec: ModelSpec, table: TensorTable, has_imatrix: bool = F
         row = by_gguf[g]
         if not row.llama_quantizes:
             plan[row.name] = row.dtype if row.dtype in registry.FLOATS else "F32"
+            continue
+        if manual and row.name in manual:
+            plan[row.name] = manual[row.name]
             continue
         t = _choose(s, key, default, g, category(g), row.cols)
         plan[row.name] = registry.fallback_type(t, row.cols)

@@ -7,6 +7,7 @@ import tiny_models
 import tiny_tokenizer
 from quantkit.compress import CompressOptions, run
 from quantkit.formats.gguf_source import GGUFSource
+from quantkit.formats.gguf_reader import GGUFFile
 from quantkit.formats.hf_source import HFSource
 from quantkit.kernels import registry
 
@@ -60,7 +61,6 @@ def test_recipe_rebuilds_the_plan_and_refuses_another_model(checkpoint, tmp_path
     is refused, naming the first tensor that differs."""
     from quantkit.compress import compress
     from quantkit.errors import BadOption
-    from quantkit.formats.gguf_reader import GGUFFile
 
     d, text = checkpoint
     src = HFSource(d)
@@ -86,3 +86,52 @@ def test_recipe_rebuilds_the_plan_and_refuses_another_model(checkpoint, tmp_path
     with pytest.raises(BadOption, match=r"--recipe .*plan\.json: not a quantkit plan\.json"):
         run(src, tmp_path / "y", CompressOptions(recipe_file=str(recipe), method="rtn", eval_tokens=0, progress=False))
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()  # refused before anything is written
+
+
+def test_overrides_force_types_in_every_mode(checkpoint, tmp_path):
+    """--tensor-type / --token-embedding-type / --output-tensor-type on top of --type, --like and --max-size; a
+    pattern that matches nothing, a bad spec and a forced set larger than the budget are errors."""
+    from quantkit.compress import make_plan
+    from quantkit.errors import BadOption
+    from quantkit.overrides import Overrides
+
+    d, text = checkpoint
+    src = HFSource(d)
+    gguf = {n: r.gguf for n, r in src.table.items()}
+    ov = Overrides.parse(("attn_v=q8_0", r"blk\.0\..*=Q5_0"), token_embedding_type="Q6_K")
+    plan = make_plan(src, CompressOptions(type_name="Q4_0", overrides=ov)).types
+    for n, t in plan.items():
+        g = gguf[n]
+        if src.table[n].fixed:
+            want = "F32"
+        elif g in ("token_embd.weight", "per_layer_token_embd.weight"):
+            want = "Q6_K"
+        elif "attn_v" in g:
+            want = "Q8_0"  # the first matching pattern wins, blk.0.attn_v included
+        elif g.startswith("blk.0."):
+            want = "Q5_0"
+        else:
+            want = "Q4_0"
+        want = registry.fallback_type(want, src.table[n].cols)  # rows a block does not divide
+        assert t == want, (g, t, want)
+
+    like = make_plan(src, CompressOptions(like="Q4_K_M", overrides=Overrides.parse(output_tensor_type="Q8_0"))).types
+    assert like["embed_tokens.weight"] == "Q8_0"  # the tied output is the token embedding
+
+    with pytest.raises(BadOption, match=r"--tensor-type nope=Q8_0: matches no quantizable tensor"):
+        make_plan(src, CompressOptions(type_name="Q4_0", overrides=Overrides.parse(("nope=Q8_0",))))
+    with pytest.raises(BadOption, match=r"expected REGEX=TYPE"):
+        Overrides.parse(("attn_v",))
+    with pytest.raises(BadOption, match=r"unknown tensor type 'Q9_9'"):
+        Overrides.parse(("attn_v=Q9_9",))
+    full = run(src, tmp_path / "q8", CompressOptions(type_name="Q8_0", method="rtn", eval_tokens=0, progress=False))
+    with pytest.raises(BadOption, match=r"budget of [\d,]+ bytes is below the fixed-type tensors' [\d,]+ bytes"):
+        run(src, tmp_path / "tight", CompressOptions(max_size=int(full.file_bytes * 0.6), method="rtn", eval_tokens=0,
+                                                     progress=False, overrides=Overrides.parse(("blk=F32",))))
+    assert not (tmp_path / "tight").exists()
+    budget = run(src, tmp_path / "budget", CompressOptions(max_size=int(full.file_bytes * 0.8), method="rtn",
+                                                           eval_tokens=0, progress=False, overrides=ov))
+    assert budget.file_bytes <= int(full.file_bytes * 0.8)
+    assert all(t == "Q8_0" for n, t in budget.plan.types.items() if "attn_v" in gguf[n])
+    assert GGUFFile(budget.path).metadata["quantkit.recipe"].endswith(
+        "--tensor-type attn_v=Q8_0 --tensor-type blk\\.0\\..*=Q5_0 --token-embedding-type Q6_K --method rtn")
