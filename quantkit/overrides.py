@@ -3,8 +3,8 @@
     --token-embedding-type T   token_embd and per_layer_token_embd (the latter unless a --tensor-type names it)
     --output-tensor-type T     output.weight; for a tied embedding (Gemma) token_embd, unless
                                --token-embedding-type or a --tensor-type names it
-    --tensor-type REGEX=T      every other tensor whose GGUF name REGEX matches anywhere (std::regex_search);
-                               the first matching pattern wins; repeatable
+    --tensor-type REGEX=T      every other tensor whose GGUF name REGEX (lowercased, as llama-quantize does)
+                               matches anywhere (std::regex_search); the first matching pattern wins; repeatable
 
 Only quantizable tensors take an override (the tensor table's `fixed` ones stay F32), and a type whose block
 does not divide a tensor's rows becomes llama.cpp's fallback for it (registry.fallback_type).
@@ -33,7 +33,8 @@ class Overrides:
               output_tensor_type: str | None = None) -> "Overrides":
         pairs = []
         for spec in tensor_types:
-            pattern, sep, t = spec.rpartition("=")
+            pattern, sep, t = spec.partition("=")  # as tools/quantize parse_tensor_type: the first '=', lowercased
+            pattern = pattern.lower()
             if not sep or not pattern:
                 raise BadOption(f"--tensor-type {spec!r}: expected REGEX=TYPE, e.g. attn_v=Q8_0")
             try:

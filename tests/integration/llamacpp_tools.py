@@ -91,9 +91,9 @@ def llama_imatrix(model: Path, text: Path, out: Path, *, chunks: int, ctx: int =
 
 def llama_quantize_cli(src: Path, dst: Path, ftype: str, *, imatrix: Path | None = None, pure: bool = False,
                        tensor_types: Sequence[str] = (), token_embedding_type: str | None = None,
-                       threads: int = 2) -> Path:
-    """`llama-quantize [--imatrix FILE] [--pure] [--token-embedding-type T] [--tensor-type REGEX=TYPE ...]
-    src dst FTYPE threads`."""
+                       output_tensor_type: str | None = None, threads: int = 2) -> Path:
+    """`llama-quantize [--imatrix FILE] [--pure] [--token-embedding-type T] [--output-tensor-type T]
+    [--tensor-type REGEX=TYPE ...] src dst FTYPE threads`."""
     args: list[object] = []
     if imatrix is not None:
         args += ["--imatrix", imatrix]
@@ -101,6 +101,8 @@ def llama_quantize_cli(src: Path, dst: Path, ftype: str, *, imatrix: Path | None
         args.append("--pure")
     if token_embedding_type is not None:
         args += ["--token-embedding-type", token_embedding_type]
+    if output_tensor_type is not None:
+        args += ["--output-tensor-type", output_tensor_type]
     for tt in tensor_types:
         args += ["--tensor-type", tt]
     _run("llama-quantize", [*args, src, dst, ftype, threads])

@@ -90,3 +90,32 @@ def test_quantkit_imatrix_drives_llama_quantize(preset, base, f32_270m, imatrix_
     if preset == "Q4_0":
         assert plan["layers.0.mlp.down_proj.weight"] == "Q4_1"
     assert checked == 4
+
+
+@pytest.mark.parametrize("preset,tensor_types,token_embd,output", [
+    ("Q4_K_M", (r"blk\.[0-3]\.attn_v=q8_0", r"blk\.[0-2]\.ffn_down=q5_0"), None, None),
+    ("Q3_K_M", ("ffn_up=iq4_nl", "attn_q=Q6_K"), "q4_0", None),
+    ("Q2_K", ("attn_k=q8_0",), None, "q8_0"),
+])
+def test_overrides_match_llama_quantize(base, f32_270m, tmp_path, preset, tensor_types, token_embd, output):
+    """`--like PRESET` with --tensor-type / --token-embedding-type / --output-tensor-type gives the types
+    `llama-quantize` writes with the same flags, tensor by tensor. Overridden tensors do not advance llama.cpp's
+    attn_v / ffn_down counters: at Q4_K_M that moves use_more_bits for the later layers (12 tensors differ if
+    quantkit counted them)."""
+    from quantkit.overrides import Overrides, apply
+    from quantkit.plan import like as like_plan
+
+    from .llamacpp_tools import llama_quantize_cli
+
+    out = llama_quantize_cli(f32_270m, tmp_path / "x.gguf", preset, tensor_types=tensor_types,
+                             token_embedding_type=token_embd, output_tensor_type=output)
+    f = GGUFFile(out)
+    try:
+        theirs = {names.from_gguf(t.name): t.ggml_type.name for t in f.tensors.values() if names.from_gguf(t.name)}
+    finally:
+        f.close()
+    forced = apply(Overrides.parse(tensor_types, token_embd, output), base.table).types
+    ours = like_plan(base.spec, base.table, preset, forced=forced).types
+    diff = {n: (ours[n], theirs[n]) for n in ours if ours[n] != theirs[n]}
+    assert not diff, f"{preset} {tensor_types}: {len(diff)} tensors differ, e.g. {list(diff.items())[:5]}"
+    assert len(forced) >= 4
