@@ -87,7 +87,10 @@ def parse_size(text: str) -> int:
 
 @cli.command("compress")
 @click.argument("model")
-@click.option("--bits", type=click.Choice(["2", "3", "4", "8"]), help="Best build at the size of a uniform B-bit build: B + 0.5 bits per weight (one fp16 scale per 32 weights), llama.cpp's fallback type where rows don't fit a 256-block.")
+@click.option("--bits", type=click.FloatRange(1.5, 8), metavar="B",
+              help="Best build at the size of a uniform B-bit build: B + 0.5 bits per weight (one fp16 scale per 32 "
+                   "weights), llama.cpp's fallback type where rows don't fit the B-bit K-quant's 256-block. B is any "
+                   "number from 1.5 to 8 (2, 2.5, 3.5, 5, ...); --format safetensors takes 2, 4 or 8.")
 @click.option("--max-size", metavar="SIZE", help="Best build whose file is at most SIZE (e.g. 1.4GB, 1400MB, 1.3GiB).")
 @click.option("--like", "like", metavar="PRESET", help="llama.cpp's own per-tensor types for a llama-quantize preset (Q2_K, Q3_K_M, Q4_0, IQ4_XS, Q4_K_M, Q8_0, ...).")
 @click.option("--recipe", "recipe_file", metavar="PLAN_JSON", type=click.Path(dir_okay=False),
@@ -156,7 +159,7 @@ def compress_cmd(model, bits, max_size, like, recipe_file, type_name, fmt, group
         raise click.BadParameter("--device cuda: no CUDA device is available to torch", param_hint="--device")
     if fmt == "gguf" and (group_size is not None or asym):
         raise click.BadParameter("--group-size and --asym are options of --format safetensors", param_hint="--format")
-    opts = CompressOptions(type_name=type_name, bits=int(bits) if bits else None,
+    opts = CompressOptions(type_name=type_name, bits=int(bits) if bits is not None and bits.is_integer() else bits,
                            max_size=parse_size(max_size) if max_size else None, like=like, recipe_file=recipe_file,
                            ple_type=ple_type,
                            overrides=Overrides.parse(tensor_types, token_embedding_type, output_tensor_type),

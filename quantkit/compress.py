@@ -45,7 +45,7 @@ RECIPES = ("type_name", "bits", "max_size", "like", "recipe_file")
 @dataclass
 class CompressOptions:
     type_name: str | None = None
-    bits: int | None = None
+    bits: float | None = None  # an int when whole ("--bits 4" in the build's metadata)
     max_size: int | None = None
     like: str | None = None
     recipe_file: str | None = None  # an earlier run's plan.json
@@ -300,8 +300,6 @@ def _forced(table, opts: CompressOptions) -> dict[str, str]:
 def _budget(source: TensorSource, opts: CompressOptions) -> tuple[int, str]:
     """Tensor bytes a --bits / --max-size build may spend, and the plan's mode line."""
     if opts.bits is not None:
-        if opts.bits not in plans.UNIFORM_BITS:
-            raise BadOption(f"--bits {opts.bits}: expected one of {', '.join(map(str, plans.UNIFORM_BITS))}")
         return plans.bits_budget(source.table, opts.bits), f"--bits {opts.bits}"
     overhead = header_overhead(source, opts.provenance())
     if opts.max_size <= overhead:

@@ -28,7 +28,9 @@ from quantkit.kernels import registry
 from quantkit.models.spec import ModelSpec
 from quantkit.tensor_table import TensorRow, TensorTable
 
-UNIFORM_BITS = {2: "Q2_K", 3: "Q3_K", 4: "Q4_K", 8: "Q8_0"}
+# --bits B: the type whose block and fallback decide which rows count at B + 0.5 bpw (the largest key <= B)
+UNIFORM_BITS = {2: "Q2_K", 3: "Q3_K", 4: "Q4_K", 5: "Q5_K", 6: "Q6_K", 8: "Q8_0"}
+BITS_RANGE = (1.5, 8.0)  # below 1.5 + 0.5 bpw no candidate type fits (the smallest, IQ2_XXS, is 2.06 bpw)
 # Candidates of the budget allocator, by the block size the rows allow.
 CANDIDATES_256 = ("IQ2_XXS", "IQ2_XS", "Q2_K", "IQ3_XXS", "Q3_K", "IQ4_XS", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
 CANDIDATES_32 = ("Q4_0", "IQ4_NL", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
@@ -157,14 +159,17 @@ def like(spec: ModelSpec, table: TensorTable, preset: str, has_imatrix: bool = F
     return from_types(table, types, f"like {preset.upper()}")
 
 
-def bits_budget(table: TensorTable, bits: int) -> int:
+def bits_budget(table: TensorTable, bits: float) -> int:
     """Tensor bytes of a uniform B-bit build: B bits per weight plus one fp16 scale per
-    32 weights (B + 0.5 bpw, the size of Q4_0 / Q8_0 at 4 / 8 bits). A tensor whose rows
-    don't fit the B-bit K-quant's 256-block counts at llama.cpp's fallback type instead
-    (on Gemma 3 270M's 640-wide rows that is Q4_0 for 2 and 3 bits), and never-quantized
-    tensors at their fixed type."""
+    32 weights (B + 0.5 bpw, the size of Q4_0 / Q8_0 at 4 / 8 bits; B may be fractional).
+    A tensor whose rows don't fit the B-bit K-quant's 256-block (UNIFORM_BITS) counts at
+    llama.cpp's fallback type instead (on Gemma 3 270M's 640-wide rows that is Q4_0 for 2
+    and 3 bits), and never-quantized tensors at their fixed type."""
+    lo, hi = BITS_RANGE
+    if not lo <= bits <= hi:
+        raise BadOption(f"--bits {bits}: expected a number from {lo:g} to {hi:g}")
     total = 0
-    kquant = UNIFORM_BITS[bits]
+    kquant = UNIFORM_BITS[max([k for k in UNIFORM_BITS if k <= bits], default=min(UNIFORM_BITS))]
     for row in table.values():
         if row.fixed:
             total += registry.tensor_nbytes(row.fixed, row.shape)

@@ -69,3 +69,20 @@ def test_bits_budget_is_b_plus_half_bit_per_weight():
              "norm.weight": TensorInfo("norm.weight", (640,), "F32", 0, "z")}
     # 2.5 bpw for the 512-wide rows; 640-wide rows fall back to Q4_0 (18 bytes per 32 weights); the norm stays F32
     assert bits_budget(TensorTable.from_infos(infos), 2) == 64 * 512 * 5 // 16 + 512 * 640 // 32 * 18 + 640 * 4
+
+
+def test_bits_budget_takes_fractional_and_intermediate_targets():
+    """--bits 2.5 / 5 / 6: B + 0.5 bpw where the B-bit K-quant's block fits (2.5 -> Q2_K's rule, 5 -> Q5_K's:
+    a 640-wide row falls back to Q5_1 = 6 bpw), and a target below what the smallest types allow is refused."""
+    from quantkit.formats.source import TensorInfo
+    from quantkit.plan import bits_budget
+    from quantkit.tensor_table import TensorTable
+
+    infos = {"layers.0.mlp.down_proj.weight": TensorInfo("layers.0.mlp.down_proj.weight", (64, 512), "F32", 0, "x"),
+             "layers.0.mlp.up_proj.weight": TensorInfo("layers.0.mlp.up_proj.weight", (512, 640), "F32", 0, "y")}
+    table = TensorTable.from_infos(infos)
+    assert bits_budget(table, 2.5) == 64 * 512 * 3 // 8 + 512 * 640 // 32 * 18  # 640 wide: Q2_K -> Q4_0
+    assert bits_budget(table, 5) == 64 * 512 * 5.5 // 8 + 512 * 640 // 32 * 24  # 640 wide: Q5_K -> Q5_1
+    assert bits_budget(table, 6) == 64 * 512 * 6.5 // 8 + 512 * 640 // 32 * 34  # 640 wide: Q6_K -> Q8_0
+    with pytest.raises(BadOption, match=r"--bits 1: expected a number from 1.5 to 8"):
+        bits_budget(table, 1)
