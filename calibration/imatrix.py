@@ -109,6 +109,17 @@ def write_imatrix(path: str | Path, imatrix: Imatrix) -> Path:
     return gw.write(Path(path), meta, tensors, lambda t: np.ascontiguousarray(data[t.name], "<f4"))
 
 
+def capture_imatrix(source, calib: str = "c4", calib_tokens: int = 128 * 512, chunk_size: int = 512,
+                    progress: bool = True) -> Imatrix:
+    """`quantkit imatrix`: quantkit's streaming capture of `source` (a formats.source.TensorSource) over
+    `calib_tokens` of calibration text in chunks of `chunk_size`, as an Imatrix for llama-quantize."""
+    from quantkit.calibration.capture import calibration_ids, capture
+
+    ids = calibration_ids(source.tokenizer(), calib, max(1, calib_tokens // chunk_size), chunk_size)
+    result = capture(source.spec, source, ids, progress=progress)
+    return from_stats(result.stats, datasets=[calib], chunk_size=chunk_size)
+
+
 def read_imatrix(path: str | Path) -> Imatrix:
     """Read a GGUF imatrix (llama-imatrix's or quantkit's); checks what common_imatrix_load checks."""
     from quantkit.formats.gguf_reader import GGUFFile

@@ -175,6 +175,37 @@ def compress_cmd(model, bits, max_size, like, recipe_file, type_name, fmt, group
                    f"({r.n_tokens} tokens of {text}, judge {judge}); report in {out}")
 
 
+@cli.command("imatrix")
+@click.argument("model")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The imatrix file to write (llama.cpp's GGUF imatrix format).")
+@click.option("--calib", default="c4", show_default=True, metavar="SRC", help="Calibration text. " + TEXT_HELP)
+@click.option("--calib-tokens", default=128 * 512, show_default=True, type=click.IntRange(min=512),
+              help="Calibration tokens, in 512-token chunks (llama-imatrix's -c 512).")
+@click.option("--from", "from_path", metavar="PATH", help="Where a Gemma 4 preset's checkpoint lies, if not in the Hugging Face cache.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: all cores).")
+def imatrix_cmd(model: str, out_path: Path, calib: str, calib_tokens: int, from_path: str | None,
+                threads: int | None) -> None:
+    """Write an importance matrix for MODEL that `llama-quantize --imatrix` reads.
+
+    Runs quantkit's streaming capture over the calibration text and writes each
+    linear weight's sum of squared inputs per column and its token count, under
+    llama.cpp's tensor names, as llama-imatrix does (the tied token embedding is
+    left out, as llama-imatrix leaves it out).
+    """
+    import torch
+
+    from quantkit.calibration.imatrix import capture_imatrix, write_imatrix
+    from quantkit.sources import open_source
+
+    if threads:
+        torch.set_num_threads(threads)
+    imatrix = capture_imatrix(open_source(model, from_path), calib, calib_tokens, progress=sys.stderr.isatty())
+    write_imatrix(out_path, imatrix)
+    click.echo(f"wrote {out_path}: {len(imatrix.sums)} matrices, {imatrix.chunk_count} chunks of "
+               f"{imatrix.chunk_size} tokens of {calib}")
+
+
 @cli.command("report")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=True, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
