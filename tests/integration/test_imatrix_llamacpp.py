@@ -134,3 +134,25 @@ def test_imatrix_method_matches_llama_quantize(type_name, llama_imat, f32_270m, 
     assert sum(n for _, n in same.values()) == 18 * len(LINEARS)
     assert type_name in same  # attn_output / ffn_down rows hold whole 256-blocks
     assert not differ, f"{type_name}: {len(differ)} tensors differ, e.g. {differ[:5]}"
+
+
+def test_imatrix_command_feeds_llama_quantize(f32_270m, weights, tmp_path):
+    """`quantkit imatrix` (the command, on the F32 base) writes a file `llama-quantize --imatrix` takes: IQ2_XXS,
+    which llama.cpp refuses to make without one, comes out as quantkit's importance-weighted encoder makes it from
+    the same file."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "cmd.gguf"
+    r = subprocess.run([sys.executable, "-m", "quantkit", "imatrix", str(f32_270m), "--calib-tokens", "1024",
+                        "--out", str(path), "--threads", "2"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"wrote {path}: 126 matrices, 2 chunks of 512 tokens of c4"), r.stdout
+    out = llama_quantize_cli(f32_270m, tmp_path / "iq2.gguf", "IQ2_XXS", imatrix=path, pure=True,
+                             token_embedding_type="q8_0")
+    stats = read_imatrix(path).stats()
+    tensors = {t.name: t for t in GGUFReader(out).tensors}
+    g = "blk.3.ffn_down.weight"  # 2048-wide rows: IQ2_XXS itself (the 640-wide ones fall back to IQ4_NL)
+    assert tensors[g].tensor_type.name == "IQ2_XXS"
+    ours = quantize_tensor("imatrix", weights[g], "IQ2_XXS", stats[names.from_gguf(g)]).data
+    np.testing.assert_array_equal(ours.reshape(-1), np.asarray(tensors[g].data).reshape(-1), err_msg=g)
