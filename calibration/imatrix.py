@@ -24,7 +24,7 @@ from typing import Mapping
 import numpy as np
 
 from quantkit.calibration.capture import HEAD, LinearStats
-from quantkit.errors import BadFile
+from quantkit.errors import BadFile, BadOption
 from quantkit.formats import names
 
 KEY_DATASETS = "imatrix.datasets"
@@ -118,6 +118,30 @@ def capture_imatrix(source, calib: str = "c4", calib_tokens: int = 128 * 512, ch
     ids = calibration_ids(source.tokenizer(), calib, max(1, calib_tokens // chunk_size), chunk_size)
     result = capture(source.spec, source, ids, progress=progress)
     return from_stats(result.stats, datasets=[calib], chunk_size=chunk_size)
+
+
+def for_model(imatrix: Imatrix, table, path: Path) -> dict[str, LinearStats]:
+    """`compress --imatrix FILE`: the file's entries as LinearStats by canonical name, checked against the model's
+    tensor table (quantkit.tensor_table): an entry for a tensor the model does not have, one whose column (or
+    expert) count differs, or a decoder linear the file lacks is a one-line error (a file for another model)."""
+    where = f"--imatrix {path}"
+    stats = imatrix.stats()
+    for n, st in stats.items():
+        if n not in table:
+            raise BadOption(f"{where}: entry {names.to_gguf(n) or n} is for a tensor this model does not have "
+                            "(an imatrix for another model?)")
+        row = table[n]
+        experts = row.shape[0] if len(row.shape) == 3 else None
+        got = (st.sum_x2.shape[0] if st.experts else None, st.sum_x2.shape[-1])
+        if got != (experts, row.cols):
+            raise BadOption(f"{where}: entry {row.gguf} has {got[1]} columns" + (f" x {got[0]} experts" if got[0] else "")
+                            + f", the model's tensor {row.cols}" + (f" x {experts} experts" if experts else "")
+                            + " (an imatrix for another model?)")
+    missing = [r.gguf for r in table.values() if r.fixed is None and r.gguf.startswith("blk.") and r.name not in stats]
+    if missing:
+        raise BadOption(f"{where}: no entry for {missing[0]}" + (f" and {len(missing) - 1} more decoder tensors"
+                                                                  if len(missing) > 1 else ""))
+    return stats
 
 
 def read_imatrix(path: str | Path) -> Imatrix:

@@ -93,6 +93,12 @@ def parse_size(text: str) -> int:
                    "number from 1.5 to 8 (2, 2.5, 3.5, 5, ...); --format safetensors takes 2, 4 or 8.")
 @click.option("--max-size", metavar="SIZE", help="Best build whose file is at most SIZE (e.g. 1.4GB, 1400MB, 1.3GiB).")
 @click.option("--like", "like", metavar="PRESET", help="llama.cpp's own per-tensor types for a llama-quantize preset (Q2_K, Q3_K_M, Q4_0, IQ4_XS, Q4_K_M, Q8_0, ...).")
+@click.option("--imatrix", "imatrix_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="llama.cpp's GGUF imatrix (llama-imatrix's, or `quantkit imatrix`'s) as the importance wherever "
+                   "quantkit would use its own E[x^2]: --method imatrix (then nothing is calibrated), the budget's "
+                   "sensitivity, the IQ2/IQ3 grids' search and the lookup tables where the file has them. With "
+                   "--method gptq the Hessians still come from calibration. Checked against the model: an entry for "
+                   "another model's tensor, a shape mismatch or a missing decoder tensor is an error.")
 @click.option("--recipe", "recipe_file", metavar="PLAN_JSON", type=click.Path(dir_okay=False),
               help="Rebuild exactly the per-tensor types of an earlier run's plan.json (on another machine, with another "
                    "--method); refused, naming the first tensor that differs, if it was made for another model.")
@@ -136,7 +142,7 @@ def parse_size(text: str) -> int:
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run in --out from its last completed block (same model, options and "
                    "threads; the result is the same bytes). Without it, a run refuses an --out that holds one.")
-def compress_cmd(model, bits, max_size, like, recipe_file, type_name, fmt, group_size, asym, tensor_types,
+def compress_cmd(model, bits, max_size, like, imatrix_file, recipe_file, type_name, fmt, group_size, asym, tensor_types,
                  token_embedding_type, output_tensor_type, ple_type, method, calib, calib_tokens,
                  text, eval_tokens, judge, out_dir, from_path, dry_run, device, threads, resume) -> None:
     """Quantize MODEL to a GGUF build that llama.cpp runs (or, with --format safetensors, a
@@ -161,6 +167,7 @@ def compress_cmd(model, bits, max_size, like, recipe_file, type_name, fmt, group
         raise click.BadParameter("--group-size and --asym are options of --format safetensors", param_hint="--format")
     opts = CompressOptions(type_name=type_name, bits=int(bits) if bits is not None and bits.is_integer() else bits,
                            max_size=parse_size(max_size) if max_size else None, like=like, recipe_file=recipe_file,
+                           imatrix_file=imatrix_file,
                            ple_type=ple_type,
                            overrides=Overrides.parse(tensor_types, token_embedding_type, output_tensor_type),
                            method=method, calib=calib, calib_tokens=calib_tokens, text=text, eval_tokens=eval_tokens,

@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from quantkit import plan as plans, sensitivity, sequential
+from quantkit.calibration import imatrix as imatrix_file
 from quantkit.calibration.capture import calibration_ids, capture
 from quantkit.errors import BadOption
 from quantkit.formats import gguf_model, gguf_writer, names, pack_quantized, safetensors_model
@@ -49,6 +50,7 @@ class CompressOptions:
     max_size: int | None = None
     like: str | None = None
     recipe_file: str | None = None  # an earlier run's plan.json
+    imatrix_file: str | None = None  # llama.cpp's imatrix: the importance instead of quantkit's pre-capture
     ple_type: str | None = None
     overrides: Overrides = field(default_factory=Overrides)  # --tensor-type and friends
     method: str = "gptq"
@@ -91,7 +93,7 @@ class CompressOptions:
             return (f"--format safetensors --bits {self.bits} --group-size {self.group_size}"
                     + ("" if self.symmetric else " --asym") + f" --method {self.method}")
         flags = {"type_name": "--type", "bits": "--bits", "max_size": "--max-size", "like": "--like",
-                 "recipe_file": "--recipe", "ple_type": "--ple-type"}
+                 "recipe_file": "--recipe", "ple_type": "--ple-type", "imatrix_file": "--imatrix"}
         parts = [f"{flag} {getattr(self, k)}" for k, flag in flags.items() if getattr(self, k)]
         return " ".join([*parts, *self.overrides.label(), f"--method {self.method}"])
 
@@ -108,10 +110,13 @@ class CompressOptions:
         return "-".join([*parts, self.method])
 
     def provenance(self) -> dict[str, str]:
-        calibrated = self.calibrated
+        calibrated = self.calibrated and not (self.imatrix_file and self.method == "imatrix")
+        importance = "quantkit capture (E[x^2] per input column)" if self.calibrated else "none"
+        if self.imatrix_file and self.calibrated:
+            importance = f"{Path(self.imatrix_file).name} (llama.cpp imatrix file)"
         return {"recipe": self.recipe(),
                 "calibration": f"{self.calib}:{self.calib_tokens}" if calibrated else "none",
-                "imatrix": "quantkit capture (E[x^2] per input column)" if calibrated else "none"}
+                "imatrix": importance}
 
 
 @dataclass
@@ -177,6 +182,8 @@ def run(source: TensorSource, out_dir: Path, opts: CompressOptions, resume: bool
     # before any heavy work and before the work folder: the options' plan (--type, --like), or for a budget its
     # size and forced types (its plan needs the measured errors)
     plan = None if opts.budgeted else make_plan(source, opts)
+    if opts.imatrix_file:
+        _imatrix(source, opts)
     if opts.budgeted:
         plans.pinned(source.table, _budget(source, opts)[0], _forced(source.table, opts))
     if opts.dry_run:  # data-free: a budget's plan uses the prior error estimate
@@ -196,6 +203,8 @@ def _check(opts: CompressOptions) -> None:
     opts.mode()
     if opts.method not in METHODS:
         raise BadOption(f"--method {opts.method}: expected one of {', '.join(METHODS)}")
+    if opts.imatrix_file and opts.method == "rtn":
+        raise BadOption("--imatrix: --method rtn uses no importance; give --method imatrix or gptq")
 
 
 def _build(source: TensorSource, out_dir: Path, opts: CompressOptions, work: WorkDir,
@@ -212,7 +221,9 @@ def _build(source: TensorSource, out_dir: Path, opts: CompressOptions, work: Wor
         work.save_plan(plan, importance)
     if opts.method == "gptq":
         t = time.perf_counter()
-        importance.update(_gptq(source, plan, ids, work, opts, done))
+        tables = _gptq(source, plan, ids, work, opts, done)
+        # the lookup tables' importance from the capture, unless --imatrix's file has them
+        importance = {**importance, **tables} if not opts.imatrix_file else {**tables, **importance}
         seconds["calibrate+gptq"] = time.perf_counter() - t
     elif opts.method == "rtn":
         importance = {}
@@ -227,7 +238,8 @@ def _build(source: TensorSource, out_dir: Path, opts: CompressOptions, work: Wor
 
 
 def _calibration_ids(source: TensorSource, opts: CompressOptions) -> np.ndarray | None:
-    if not (opts.calibrated or opts.budgeted):
+    """The calibration set, where a stage needs one: GPTQ's Hessians, and the importance unless --imatrix gives it."""
+    if opts.method != "gptq" and (opts.imatrix_file or not (opts.calibrated or opts.budgeted)):
         return None
     return calibration_ids(source.tokenizer(), opts.calib, max(1, opts.calib_tokens // SEQ_LEN), SEQ_LEN)
 
@@ -235,12 +247,16 @@ def _calibration_ids(source: TensorSource, opts: CompressOptions) -> np.ndarray 
 def _plan_with_data(source: TensorSource, opts: CompressOptions, ids: np.ndarray | None, plan: plans.Plan | None,
                     seconds: dict[str, float]) -> tuple[plans.Plan, dict[str, np.ndarray]]:
     """The importance stage where a build needs data: --method imatrix (the importance for `plan`) and budget
-    builds (`plan` None: the importance, then each tensor's errors, from which the budget's plan is made)."""
-    if ids is None or not (opts.budgeted or opts.method == "imatrix"):
+    builds (`plan` None: the importance, then each tensor's errors, from which the budget's plan is made). The
+    importance is --imatrix's file, else quantkit's pre-capture."""
+    if not (opts.budgeted or opts.method == "imatrix") or not (ids is not None or opts.imatrix_file):
         return plan, {}
     t = time.perf_counter()
-    pre_ids = ids[:BUDGET_PRECAPTURE_SEQS] if opts.method == "gptq" else ids
-    importance = sensitivity.precapture(source, pre_ids, opts.progress)
+    if opts.imatrix_file:
+        importance = {n: st.mean_x2() for n, st in _imatrix(source, opts).items()}
+    else:
+        pre_ids = ids[:BUDGET_PRECAPTURE_SEQS] if opts.method == "gptq" else ids
+        importance = sensitivity.precapture(source, pre_ids, opts.progress)
     seconds["capture"] = time.perf_counter() - t
     if plan is not None:
         return plan, importance
@@ -249,6 +265,12 @@ def _plan_with_data(source: TensorSource, opts: CompressOptions, ids: np.ndarray
     plan = make_plan(source, opts, error)
     seconds["sensitivity"] = time.perf_counter() - t
     return plan, importance
+
+
+def _imatrix(source: TensorSource, opts: CompressOptions) -> dict:
+    """--imatrix's entries (calibration.imatrix.LinearStats by canonical name), checked against the model."""
+    path = Path(opts.imatrix_file)
+    return imatrix_file.for_model(imatrix_file.read_imatrix(path), source.table, path)
 
 
 def _gptq(source, plan, ids, work: WorkDir, opts: CompressOptions, done: list[str]) -> dict[str, np.ndarray]:
@@ -261,7 +283,8 @@ def _gptq(source, plan, ids, work: WorkDir, opts: CompressOptions, done: list[st
     if start is not None:
         blocks = f" and blocks 0-{start.stage} of {source.spec.n_layers}" if start.stage >= 0 else ""
         done.append("embedding" + blocks)
-    return sequential.gptq_ggml(source, plan, ids, work, opts.device, opts.progress, opts.effort, start)
+    given = _imatrix(source, opts) if opts.imatrix_file else None
+    return sequential.gptq_ggml(source, plan, ids, work, opts.device, opts.progress, opts.effort, start, given)
 
 
 def make_plan(source: TensorSource, opts: CompressOptions, error: plans.ErrorFn | None = None) -> plans.Plan:
@@ -329,6 +352,8 @@ def run_safetensors(source: TensorSource, out_dir: Path, opts: CompressOptions,
     if opts.mode() != "bits" or opts.ple_type or opts.overrides:
         raise BadOption("--format safetensors takes --bits (2, 4 or 8), not --type, --max-size, --like, --recipe, "
                         "--ple-type or the type overrides")
+    if opts.imatrix_file:
+        raise BadOption("--imatrix is for GGUF builds")
     if opts.bits not in pack_quantized.BITS:
         raise BadOption(f"--format safetensors --bits {opts.bits}: expected one of "
                         f"{', '.join(map(str, pack_quantized.BITS))}")

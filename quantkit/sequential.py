@@ -8,7 +8,7 @@ folder, so the writer streams them and an interrupted run resumes from the captu
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -66,9 +66,12 @@ def _run(source: TensorSource, ids: np.ndarray, one: Quantize, device: str, prog
 
 
 def gptq_ggml(source: TensorSource, plan: Plan, ids: np.ndarray, work: WorkDir, device: str, progress: bool,
-              effort: str, start: Checkpoint | None = None) -> dict[str, np.ndarray]:
-    """GPTQ inside the plan's ggml types, from the capture checkpoint `start` if given. Returns the lookup tables'
-    importance (from the complete capture), with which the writer quantizes them."""
+              effort: str, start: Checkpoint | None = None,
+              given: Mapping[str, LinearStats] | None = None) -> dict[str, np.ndarray]:
+    """GPTQ inside the plan's ggml types, from the capture checkpoint `start` if given. The IQ2/IQ3 grid types take
+    the importance-weighted search, with `given` statistics (an --imatrix file's) where there are some, else the
+    capture's. Returns the lookup tables' importance (from the complete capture), with which the writer quantizes
+    them."""
     types = plan.types
 
     def one(reads: _StageReads, n: str, st: LinearStats) -> np.ndarray | None:  # a Quantize
@@ -77,6 +80,8 @@ def gptq_ggml(source: TensorSource, plan: Plan, ids: np.ndarray, work: WorkDir, 
             return None
         # IQ2/IQ3 grids have no fixed-scale encoder: those take the importance-weighted search
         method = "gptq" if registry.get(types[n]).name in fixed.SUPPORTED else "imatrix"
+        if method == "imatrix" and given and n in given:
+            st = given[n]
         q = quantize_tensor(method, reads.weight(n), types[n], st, effort=effort)
         work.save_tensor(n, q.data)
         return q.values

@@ -34,7 +34,7 @@ from quantkit.plan import Plan
 from quantkit.tensor_table import TensorTable
 
 # options whose flag is not "--" + the field name with dashes
-OPTION_FLAGS = {"type_name": "--type", "eval_tokens": "--tokens", "recipe_file": "--recipe"}
+OPTION_FLAGS = {"type_name": "--type", "eval_tokens": "--tokens", "recipe_file": "--recipe", "imatrix_file": "--imatrix"}
 # options that do not change the build (only what is printed or where it is judged)
 NOT_FINGERPRINTED = ("progress", "dry_run")
 
@@ -44,7 +44,7 @@ def fingerprint(source_path: Path, options: dict) -> dict:
     calibration text file's) with their sizes and modification times, every option, and torch's thread count
     (a run is byte-for-byte repeatable at a fixed count; batched matmuls split their sums by thread)."""
     files = {"source": _file_stats(Path(source_path))}
-    for what in ("calib", "recipe_file"):
+    for what in ("calib", "recipe_file", "imatrix_file"):
         if options.get(what) and Path(options[what]).is_file():
             files[what] = _file_stats(Path(options[what]))
     options = {k: v for k, v in options.items() if k not in NOT_FINGERPRINTED}

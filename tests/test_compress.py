@@ -135,3 +135,48 @@ def test_overrides_force_types_in_every_mode(checkpoint, tmp_path):
     assert all(t == "Q8_0" for n, t in budget.plan.types.items() if "attn_v" in gguf[n])
     assert GGUFFile(budget.path).metadata["quantkit.recipe"].endswith(
         "--tensor-type attn_v=Q8_0 --tensor-type blk\\.0\\..*=Q5_0 --token-embedding-type Q6_K --method rtn")
+
+
+def test_imatrix_file_is_the_importance(checkpoint, tmp_path):
+    """--imatrix FILE with --method imatrix: no calibration runs, and every linear comes out as with quantkit's own
+    capture over the same tokens (the file holds that capture); a file for another model, one missing a decoder
+    tensor, and --method rtn are one-line errors."""
+    from quantkit.calibration.imatrix import Imatrix, capture_imatrix, write_imatrix
+    from quantkit.errors import BadOption
+
+    d, text = checkpoint
+    src = HFSource(d)
+    imat = capture_imatrix(src, text, 1024, progress=False)
+    path = write_imatrix(tmp_path / "imatrix.gguf", imat)
+    opts = dict(like="Q4_K_M", method="imatrix", calib=text, calib_tokens=1024, eval_tokens=0, progress=False)
+    own = run(src, tmp_path / "own", CompressOptions(**opts))
+    given = run(src, tmp_path / "given", CompressOptions(**opts, imatrix_file=str(path)))
+    assert "capture" in own.seconds and given.seconds["capture"] < own.seconds["capture"]
+    a, b = GGUFFile(own.path), GGUFFile(given.path)
+    linears = [src.table[n].gguf for n in imat.importance()]
+    assert len(linears) >= 10 and all(np.array_equal(a.raw(g), b.raw(g)) for g in linears)
+    assert b.metadata["quantkit.imatrix"] == "imatrix.gguf (llama.cpp imatrix file)"
+    assert b.metadata["quantkit.calibration"] == "none"
+
+    # a budget with GPTQ: the file is the sensitivity's importance, the Hessians come from calibration
+    gptq = run(src, tmp_path / "gptq", CompressOptions(bits=3, method="gptq", calib=text, calib_tokens=1024,
+                                                       eval_tokens=0, progress=False, imatrix_file=str(path)))
+    assert gptq.plan.nbytes <= gptq.plan.budget and "calibrate+gptq" in gptq.seconds
+    assert GGUFFile(gptq.path).metadata["quantkit.calibration"] == f"{text}:1024"
+
+    with pytest.raises(BadOption, match=r"--method rtn uses no importance"):
+        run(src, tmp_path / "x", CompressOptions(type_name="Q4_0", method="rtn", imatrix_file=str(path)))
+    first = sorted(imat.sums)[0]
+    short = Imatrix({g: s for g, s in imat.sums.items() if g != first},
+                    {g: c for g, c in imat.counts.items() if g != first}, imat.datasets, imat.chunk_count, 512)
+    write_imatrix(tmp_path / "short.gguf", short)
+    with pytest.raises(BadOption, match=rf"--imatrix .*short\.gguf: no entry for {first}"):
+        run(src, tmp_path / "x", CompressOptions(**{**opts, "imatrix_file": str(tmp_path / "short.gguf")}))
+    other = tmp_path / "other"
+    model, _ = tiny_models.gemma4_dense()
+    model.save_pretrained(other)
+    tiny_tokenizer.save(other)
+    with pytest.raises(BadOption, match=r"--imatrix .*imatrix\.gguf: entry \S+ (is for a tensor this model does not "
+                                        r"have|has \d+ columns).*another model"):
+        run(HFSource(other), tmp_path / "x", CompressOptions(**{**opts, "imatrix_file": str(path)}))
+    assert not (tmp_path / "x").exists()
