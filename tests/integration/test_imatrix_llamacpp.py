@@ -14,6 +14,8 @@ Run: .venv/bin/pytest -m integration tests/integration/test_imatrix_llamacpp.py 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from gguf import GGUFReader
@@ -21,6 +23,7 @@ from gguf import GGUFReader
 from quantkit.calibration.imatrix import from_stats, read_imatrix, write_imatrix
 from quantkit.calibration.text import documents
 from quantkit.formats import names
+from quantkit.formats.gguf_reader import GGUFFile
 from quantkit.formats.gguf_source import GGUFSource
 from quantkit.gptq import quantize_tensor
 from quantkit.kernels import registry
@@ -156,3 +159,45 @@ def test_imatrix_command_feeds_llama_quantize(f32_270m, weights, tmp_path):
     assert tensors[g].tensor_type.name == "IQ2_XXS"
     ours = quantize_tensor("imatrix", weights[g], "IQ2_XXS", stats[names.from_gguf(g)]).data
     np.testing.assert_array_equal(ours.reshape(-1), np.asarray(tensors[g].data).reshape(-1), err_msg=g)
+
+
+def _compress(*args: object) -> Path:
+    """`quantkit compress ARGS --tokens 0 --out DIR` in a child process; the .gguf it wrote."""
+    import subprocess
+    import sys
+
+    out = Path(str(args[-1]))
+    r = subprocess.run([sys.executable, "-m", "quantkit", "compress", *map(str, args[:-1]), "--tokens", "0",
+                        "--threads", "2", "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    (path,) = out.glob("*.gguf")
+    return path
+
+
+def _same_tensors(ours: Path, theirs: Path) -> int:
+    a, b = GGUFReader(ours), GGUFReader(theirs)
+    ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
+    assert list(ta) == list(tb)
+    for name, t in ta.items():
+        assert t.tensor_type == tb[name].tensor_type, (name, t.tensor_type.name, tb[name].tensor_type.name)
+        np.testing.assert_array_equal(np.asarray(t.data).reshape(-1), np.asarray(tb[name].data).reshape(-1),
+                                      err_msg=name)
+    return len(ta)
+
+
+@pytest.mark.parametrize("preset", ["Q4_K_M", "Q2_K", "IQ4_XS"])
+def test_compress_with_llama_imatrix_is_llama_quantize(preset, llama_imat, f32_270m, tmp_path):
+    """`quantkit compress --like PRESET --method imatrix --imatrix FILE` with llama-imatrix's file: every tensor
+    byte-identical to `llama-quantize --imatrix FILE` at PRESET, from the same F32 base."""
+    ours = _compress(f32_270m, "--like", preset, "--method", "imatrix", "--imatrix", llama_imat, tmp_path / "ours")
+    theirs = llama_quantize_cli(f32_270m, tmp_path / "theirs.gguf", preset, imatrix=llama_imat)
+    print(f"\n{preset} --imatrix llama-imatrix.gguf: {_same_tensors(ours, theirs)} tensors byte-identical")
+
+
+def test_tensor_type_override_is_llama_quantize(f32_270m, tmp_path):
+    """`--like Q2_K --tensor-type ffn_down=Q6_K --method rtn`: llama-quantize's types and bytes with the same flag."""
+    ours = _compress(f32_270m, "--like", "Q2_K", "--tensor-type", "ffn_down=Q6_K", "--method", "rtn",
+                     tmp_path / "ours")
+    theirs = llama_quantize_cli(f32_270m, tmp_path / "theirs.gguf", "Q2_K", tensor_types=["ffn_down=q6_k"])
+    assert GGUFFile(ours).tensors["blk.0.ffn_down.weight"].ggml_type.name == "Q6_K"
+    print(f"\nQ2_K --tensor-type ffn_down=Q6_K: {_same_tensors(ours, theirs)} tensors byte-identical")
