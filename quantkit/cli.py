@@ -155,7 +155,8 @@ def compress_cmd(model, bits, max_size, like, imatrix_file, recipe_file, type_na
     """
     import torch
 
-    from quantkit.compress import CompressOptions, compress, default_out
+    from quantkit.compress import compress
+    from quantkit.options import CompressOptions, default_out
     from quantkit.overrides import Overrides
     from quantkit.sources import open_source
 
