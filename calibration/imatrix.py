@@ -116,6 +116,7 @@ def capture_imatrix(source, calib: str = "c4", calib_tokens: int = 128 * 512, ch
     from quantkit.calibration.capture import calibration_ids, capture
 
     ids = calibration_ids(source.tokenizer(), calib, max(1, calib_tokens // chunk_size), chunk_size)
+    source.check_finite(progress)
     result = capture(source.spec, source, ids, progress=progress)
     return from_stats(result.stats, datasets=[calib], chunk_size=chunk_size)
 

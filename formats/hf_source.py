@@ -26,7 +26,9 @@ from quantkit.models.spec import ModelSpec, spec_from_hf_config, tensor_shapes
 
 TEXT_PREFIXES = ("model.language_model.", "model.")
 SKIPPED_PREFIXES = ("model.vision_tower.", "model.audio_tower.", "model.embed_vision.", "model.embed_audio.", "lm_head.")
-DTYPES = {"BF16": 2, "F16": 2, "F32": 4}
+DTYPES = {"BF16": 2, "F16": 2, "F32": 4}  # what a weight may be stored as
+RAW_DTYPES = {"BF16": np.dtype("<u2"), "F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "I32": np.dtype("<i4"),
+              "I64": np.dtype("<i8")}
 
 
 def read_json(path: Path) -> dict:
@@ -57,10 +59,10 @@ def shard_map(directory: Path) -> dict[str, Path]:
     single = directory / "model.safetensors"
     if not single.is_file():
         raise BadFile(f"{directory}: neither model.safetensors nor model.safetensors.index.json found")
-    return {name: single for name in _open(single).keys()}
+    return {name: single for name in open_safetensors(single).keys()}
 
 
-def _open(path: Path):
+def open_safetensors(path: Path):
     try:
         return safe_open(str(path), framework="pt")
     except Exception as e:  # safetensors raises SafetensorError / OSError
@@ -78,39 +80,56 @@ class HFSource(TensorSource):
         self._file_names = {}
         self.infos = {}
         self.skipped = {"towers": 0, "unused shared-layer K/V": 0}
-        implied = tensor_shapes(self.spec)
+        self._implied = tensor_shapes(self.spec)
         for file_name, shard in shard_map(self.path).items():
-            canon = canonical_name(file_name)
-            if canon is None:
-                self.skipped["towers"] += 1
-                continue
-            i = names.layer_of(canon)
-            if i is not None and i >= self.spec.n_layers:
-                raise BadConfig(f"{self.path}: tensor {file_name!r} is for layer {i}, but the config has {self.spec.n_layers} layers")
-            if i is not None and self.spec.kv_shared(i) and (".self_attn.k_" in canon or ".self_attn.v_" in canon):
-                # The released E2B/E4B files carry k_proj/v_proj/k_norm on KV-shared layers; nothing reads them.
-                self.skipped["unused shared-layer K/V"] += 1
-                continue
-            h = self._handle(shard)
-            try:
-                sl = h.get_slice(file_name)
-            except Exception:  # SafetensorError: the index names a tensor the shard lacks
-                raise BadFile(f"{shard}: tensor {file_name!r} is not in this shard, though "
-                              f"model.safetensors.index.json puts it there") from None
-            dtype = sl.get_dtype()
-            if dtype not in DTYPES:
-                raise BadFile(f"{shard}: tensor {file_name!r} has dtype {dtype}; expected BF16, F16 or F32")
-            shape = tuple(int(d) for d in sl.get_shape())
-            if canon in implied and shape != implied[canon]:
-                raise BadConfig(f"{shard}: tensor {file_name!r} has shape {shape}; config.json implies {implied[canon]}")
-            self.infos[canon] = TensorInfo(canon, shape, dtype, int(np.prod(shape)) * DTYPES[dtype], file_name)
-            self._file_names[canon] = shard
+            self._admit(file_name, shard)
         self.arch = self.spec.arch
+
+    def _admit(self, file_name: str, shard: Path) -> None:
+        """Add one tensor of the checkpoint to `infos` (or count it as skipped)."""
+        canon = canonical_name(file_name)
+        if canon is None:
+            self.skipped["towers"] += 1
+            return
+        if self._unused(canon, file_name):
+            return
+        sl = self._slice(shard, file_name)
+        dtype = sl.get_dtype()
+        if dtype not in DTYPES:
+            raise BadFile(f"{shard}: tensor {file_name!r} has dtype {dtype}; expected BF16, F16 or F32")
+        shape = self._check_shape(shard, file_name, canon, tuple(int(d) for d in sl.get_shape()))
+        self.infos[canon] = TensorInfo(canon, shape, dtype, int(np.prod(shape)) * DTYPES[dtype], file_name)
+        self._file_names[canon] = shard
+
+    def _unused(self, canon: str, file_name: str) -> bool:
+        """True for the tensors nothing reads (counted as skipped); an error for a layer the config lacks."""
+        i = names.layer_of(canon)
+        if i is not None and i >= self.spec.n_layers:
+            raise BadConfig(f"{self.path}: tensor {file_name!r} is for layer {i}, but the config has {self.spec.n_layers} layers")
+        if i is not None and self.spec.kv_shared(i) and (".self_attn.k_" in canon or ".self_attn.v_" in canon):
+            # The released E2B/E4B files carry k_proj/v_proj/k_norm on KV-shared layers; nothing reads them.
+            self.skipped["unused shared-layer K/V"] += 1
+            return True
+        return False
+
+    def _slice(self, shard: Path, file_name: str):
+        try:
+            return self._handle(shard).get_slice(file_name)
+        except BadFile:
+            raise
+        except Exception:  # SafetensorError: the index names a tensor the shard lacks
+            raise BadFile(f"{shard}: tensor {file_name!r} is not in this shard, though "
+                          f"model.safetensors.index.json puts it there") from None
+
+    def _check_shape(self, shard: Path, file_name: str, canon: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if canon in self._implied and shape != self._implied[canon]:
+            raise BadConfig(f"{shard}: tensor {file_name!r} has shape {shape}; config.json implies {self._implied[canon]}")
+        return shape
 
     def _handle(self, shard: Path):
         if shard not in self._handles:
             self._stamps[shard] = file_stamp(shard)
-            self._handles[shard] = _open(shard)
+            self._handles[shard] = open_safetensors(shard)
         else:
             check_unchanged(shard, self._stamps[shard], file_stamp(shard))
         return self._handles[shard]
@@ -127,22 +146,27 @@ class HFSource(TensorSource):
     def _pread(self, info: TensorInfo, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) as float32, read with pread rather than through an mmap: pages of a mapped
         multi-GB checkpoint would count towards the process's resident memory as the run touches them."""
-        shard = self._file_names[info.name]
+        a = self._pread_raw(self._file_names[info.name], info.file_name, start, stop, info.shape)
+        if a.dtype == np.uint16:  # bfloat16 is the top half of a float32
+            return (a.astype(np.uint32) << 16).view(np.float32)
+        return a.astype(np.float32)
+
+    def _pread_raw(self, shard: Path, file_name: str, start: int, stop: int, shape=None) -> np.ndarray:
+        """Rows [start, stop) of a tensor as stored (BF16 as uint16), checked against the shape it had when the
+        run began."""
         self._handle(shard)  # notices a shard replaced or changed since the run began
         data_start, entries = self._layout(shard)
-        dtype, shape, (begin, end) = entries[info.file_name]
-        if tuple(shape) != info.shape:
-            raise BadFile(f"{shard}: tensor {info.file_name!r} changed while reading")
-        row = DTYPES[dtype] * (int(np.prod(shape[1:])) if len(shape) > 1 else 1)
+        dtype, stored, (begin, end) = entries[file_name]
+        if shape is not None and tuple(stored) != tuple(shape):
+            raise BadFile(f"{shard}: tensor {file_name!r} changed while reading")
+        np_dtype = RAW_DTYPES[dtype]
+        row = np_dtype.itemsize * (int(np.prod(stored[1:])) if len(stored) > 1 else 1)
         n = (stop - start) * row
         with open(shard, "rb") as f:
             raw = os.pread(f.fileno(), n, data_start + begin + start * row)
         if len(raw) != n:
-            raise BadFile(f"{shard}: tensor {info.file_name!r} is cut short (the file ends inside it)")
-        out_shape = (stop - start, *shape[1:]) if shape else ()
-        if dtype == "BF16":  # bfloat16 is the top half of a float32
-            return (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32).reshape(out_shape)
-        return np.frombuffer(raw, "<f2" if dtype == "F16" else "<f4").astype(np.float32).reshape(out_shape)
+            raise BadFile(f"{shard}: tensor {file_name!r} is cut short (the file ends inside it)")
+        return np.frombuffer(raw, np_dtype).reshape((stop - start, *stored[1:]) if stored else ())
 
     def _layout(self, shard: Path) -> tuple[int, dict]:
         """(start of the data section, name -> (dtype, shape, data_offsets)) from the shard's header,

@@ -13,6 +13,7 @@ come from kernels/group.py, scales rounded to the storage dtype before the codes
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,3 +108,19 @@ def fit_group(cols: int, group_size: int) -> int:
         if cols % g == 0:
             return g
     return -1
+
+
+def config_group(qcfg: dict | None, module: str) -> dict | None:
+    """The `quantization_config` group that covers `module` (a file-name module path), as compressed-tensors
+    matches: exact names before `re:` patterns (matched at the start) before class names, which cannot be checked
+    without the model and so match any module; None if no group does."""
+    ranked = []
+    for g in ((qcfg or {}).get("config_groups") or {}).values():
+        for t in (g.get("targets") or []) if isinstance(g, dict) else []:
+            if t == module:
+                ranked.append((0, g))
+            elif t.startswith("re:") and re.match(t[3:], module):
+                ranked.append((1, g))
+            elif not t.startswith("re:") and "." not in t:
+                ranked.append((2, g))
+    return min(ranked, key=lambda r: r[0])[1] if ranked else None

@@ -18,6 +18,8 @@ from quantkit.calibration.tokenizer import TextTokenizer
 from quantkit.errors import BadInput
 from quantkit.models.spec import ModelSpec
 
+SCAN_VALUES = 1 << 24  # check_finite reads about this many values at a time
+
 
 @dataclass(frozen=True)
 class TensorInfo:
@@ -72,6 +74,23 @@ class TensorSource(ABC):
         breaks = np.flatnonzero(np.diff(uniq) != 1) + 1
         parts = [self.rows(name, int(run[0]), int(run[-1]) + 1) for run in np.split(uniq, breaks)]
         return np.concatenate(parts)[inverse]
+
+    def check_finite(self, progress: bool = False) -> None:
+        """Read every tensor once, in chunks of rows, and raise BadInput naming the first NaN or Inf (tensor and
+        index), so a damaged checkpoint fails before calibration rather than minutes into it."""
+        from tqdm import tqdm
+
+        total = sum(i.nbytes for i in self.infos.values())
+        with tqdm(total=total, unit="B", unit_scale=True, desc="checking weights", disable=not progress,
+                  leave=False) as bar:
+            for info in self.infos.values():
+                if len(info.shape) != 2:
+                    self.get(info.name)
+                else:
+                    step = max(1, SCAN_VALUES // max(1, info.shape[1]))
+                    for start in range(0, info.shape[0], step):
+                        self.rows(info.name, start, min(start + step, info.shape[0]))
+                bar.update(info.nbytes)
 
     def __call__(self, name: str) -> np.ndarray:  # usable as a Gemma WeightGetter
         return self.get(name)

@@ -18,8 +18,9 @@ def report_build(source: TensorSource, build: TensorSource, plan: Plan, name: st
                  text: str, n_tokens: int, judge: str, threads: int | None) -> EvalResult:
     """Evaluate `build` (named `name` in the report) on `n_tokens` of `text` with `source` as the reference, and
     write the report into `out`."""
-    r = evaluate(build, text, n_tokens, reference=source, judge=judge, threads=threads).result
-    report = RunReport(model=str(source.path), text=text, n_tokens=r.n_tokens, judge=judge, builds=[
+    ev = evaluate(build, text, n_tokens, reference=source, judge=judge, threads=threads)
+    r = ev.result
+    report = RunReport(model=str(source.path), text=text, n_tokens=r.n_tokens, judge=ev.judge, builds=[
         BuildResult(name, "quantkit", file_bytes, 8 * plan.nbytes / plan.n_params, r.ppl, r.mean_kld, r.p99_kld,
                     r.top1, str(build.path))])
     report.save(out)

@@ -46,8 +46,10 @@ def eval_cmd(model: str, from_path: str | None, ref_model: str | None, text: str
     """Perplexity of MODEL on a text source, through quantkit's forward.
 
     MODEL is a preset (gemma3-270m, e2b, e4b, 26b-a4b, 31b), a Hugging Face
-    checkpoint directory or a GGUF file. With --ref, also mean / p99 KL divergence
-    and top-1 agreement against the reference.
+    checkpoint directory (a compressed-tensors build from `compress --format
+    safetensors` too) or a GGUF file. With --ref, also mean / p99 KL divergence
+    and top-1 agreement against the reference. --judge llama.cpp needs GGUF files on
+    both sides; otherwise both run in quantkit's forward.
     """
     import torch
 
@@ -59,7 +61,7 @@ def eval_cmd(model: str, from_path: str | None, ref_model: str | None, text: str
     src = open_source(model, from_path)
     ref = open_source(ref_model) if ref_model else None
     report = evaluate(src, text, tokens, reference=ref, judge=judge, threads=threads,
-                      progress=sys.stderr.isatty() or not as_json)
+                      progress=sys.stderr.isatty())
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return

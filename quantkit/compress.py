@@ -3,6 +3,8 @@
     resolve     the source (quantkit.sources), its tensor table (quantkit.tensor_table), the options and the
                 output paths (quantkit.options)
     plan        a type for every tensor (quantkit.plan: uniform, llama.cpp's presets, or the byte budget)
+    check       calibrated runs: every weight read once, a NaN or Inf named before any forward pass
+                (TensorSource.check_finite)
     importance  budget builds and --method imatrix: E[x^2] per input column from a calibration pass, and for
                 budgets each tensor's error at every candidate type (quantkit.sensitivity); the budget's plan
                 is made from those errors
@@ -75,13 +77,11 @@ def compress(source: TensorSource, out_dir: Path, opts: CompressOptions, resume:
     atomic_write(out_dir / "plan.json", result.plan.to_json())
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items() if k != "total")
     log(f"wrote {result.path} ({result.file_bytes:,} bytes) in {result.seconds['total']:.0f} s ({stages})")
-    if opts.eval_tokens and opts.format == "safetensors":
-        log("no report: quantkit does not read safetensors builds back yet; load the directory with transformers "
-            "or vLLM")
-    elif opts.eval_tokens:
+    if opts.eval_tokens:
         from quantkit.build_report import report_build
         from quantkit.sources import open_source
 
+        # a safetensors build reads back through formats.compressed_source and runs in quantkit's forward
         name = f"quantkit {opts.recipe().rsplit(' --method ', 1)[0]} {opts.method}"
         result.evaluation = report_build(source, open_source(str(result.path)), result.plan, name,
                                          result.file_bytes, out_dir, opts.text, opts.eval_tokens, opts.judge, threads)
@@ -104,9 +104,14 @@ def run(source: TensorSource, out_dir: Path, opts: CompressOptions, resume: bool
         plans.pinned(source.table, _budget(source, opts)[0], _forced(source.table, opts))
     if opts.dry_run:  # data-free: a budget's plan uses the prior error estimate
         return CompressResult(plan or make_plan(source, opts))
+    t = time.perf_counter()
+    if opts.calibrated or opts.budgeted:  # rtn writes read each tensor once and check it then
+        source.check_finite(opts.progress)
+    scan = time.perf_counter() - t
     work = WorkDir.open(out_dir / "work", fingerprint(source.path, asdict(opts)), resume)
     try:
         result = _build(source, out_dir, opts, work, plan)
+        result.seconds = {"check": scan, **result.seconds}
     except Exception:  # a failure, not an interrupt (KeyboardInterrupt): nothing to resume
         work.remove()
         raise
@@ -284,6 +289,9 @@ def run_safetensors(source: TensorSource, out_dir: Path, opts: CompressOptions,
     work = WorkDir(out_dir / "work")
     encoded = None
     if opts.calibrated:
+        t = time.perf_counter()
+        source.check_finite(opts.progress)
+        result.seconds["check"] = time.perf_counter() - t
         t = time.perf_counter()
         ids = _calibration_ids(source, opts)
         if opts.method == "imatrix":

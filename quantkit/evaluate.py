@@ -14,10 +14,10 @@ from tqdm import tqdm
 from quantkit.calibration.text import eval_chunks
 from quantkit.formats.source import TensorSource
 from quantkit.models.gemma import Gemma
-from quantkit.reports.metrics import EvalResult, Scorer
+from quantkit.reports.metrics import EvalResult, Scorer, scored
 
 JUDGES = ("quantkit", "llama.cpp")
-LogitsFn = Callable[[np.ndarray], torch.Tensor]  # one chunk of ids [T] -> logits [T, V]
+LogitsFn = Callable[[np.ndarray], torch.Tensor]  # one chunk of ids [T] -> logits at its scored rows [n, V]
 
 
 @dataclass
@@ -38,21 +38,23 @@ class EvalReport:
 
 
 def logits_fn(source: TensorSource, judge: str, threads: int | None = None) -> LogitsFn:
-    """How to get one chunk's logits from `source`: quantkit's forward, or llama.cpp
-    running the source's GGUF file (a non-GGUF source always runs in quantkit)."""
-    if judge == "llama.cpp" and source.path.is_file():
+    """How to get one chunk's logits at its scored positions from `source`: quantkit's forward, or llama.cpp
+    running the source's GGUF file."""
+    if judge == "llama.cpp":
         from quantkit.judge import Judge
 
         j = Judge(source.path, threads=threads)
-        return lambda row: torch.from_numpy(j.logits(row))
+        return lambda row: torch.from_numpy(j.logits(row, scored(len(row))))
     model = Gemma(source.spec, source)
-    return lambda row: model.forward(torch.from_numpy(row)[None])[0]
+    return lambda row: model.forward(torch.from_numpy(row)[None], scored(len(row)))[0]
 
 
 def evaluate(source: TensorSource, text: str = "wiki", n_tokens: int = 8192, chunk: int = 512,
              reference: TensorSource | None = None, judge: str = "quantkit", threads: int | None = None,
              progress: bool = True) -> EvalReport:
     chunks = eval_chunks(source.tokenizer(), text, n_tokens, chunk)
+    if any(not s.path.is_file() for s in (source, reference) if s is not None):
+        judge = "quantkit"  # llama.cpp runs GGUF files only; both sides go through the same forward
     run = logits_fn(source, judge, threads)
     run_ref = logits_fn(reference, judge, threads) if reference is not None else None
     scorer = Scorer()

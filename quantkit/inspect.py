@@ -10,6 +10,8 @@ from pathlib import Path
 from quantkit.errors import BadFile
 from quantkit.formats import names
 from quantkit.formats.names import GROUPS, group_of
+from quantkit.formats.pack_quantized import config_group
+
 
 @dataclass
 class TensorRow:
@@ -83,56 +85,45 @@ _WIDTH = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I32": 4, "I64": 8, "U8": 1, 
 
 
 def ct_scheme_label(qcfg: dict | None, module: str) -> str:
-    """The compressed-tensors scheme of `module` as "int4-g128" / "int8-channel-asym" (formats.safetensors_model
-    IntScheme.label): the config group whose targets match it, exact names before `re:` patterns before class names
-    (which cannot be checked without the model, so they match any module), as compressed-tensors matches."""
-    import re
-
-    ranked = []
-    for g in ((qcfg or {}).get("config_groups") or {}).values():
-        for t in g.get("targets") or []:
-            if t == module:
-                ranked.append((0, g))
-            elif t.startswith("re:") and re.match(t[3:], module):
-                ranked.append((1, g))
-            elif not t.startswith("re:") and "." not in t:
-                ranked.append((2, g))
-    if not ranked:
+    """The compressed-tensors scheme of `module` as "int4-g128" / "int8-channel-asym" (formats.pack_quantized
+    IntScheme.label) from the config group that covers it (formats.pack_quantized.config_group)."""
+    g = config_group(qcfg, module)
+    if g is None:
         return "packed"
-    w = min(ranked, key=lambda r: r[0])[1].get("weights") or {}
+    w = g.get("weights") or {}
     g = "channel" if w.get("strategy") == "channel" else f"g{w.get('group_size')}"
     return f"{w.get('type', 'int')}{w.get('num_bits')}-{g}" + ("" if w.get("symmetric", True) else "-asym")
 
 
 def inspect_safetensors(directory: Path) -> Inventory:
-    """A Hugging Face directory. A compressed-tensors module's parts (weight_packed, weight_scale, weight_zero_point,
-    weight_shape) are one row: `<module>.weight` with its logical shape, its scheme as the type and all the parts'
-    bytes, so its bits per weight include the scales."""
-    import json
+    """A Hugging Face directory (model.safetensors, or the shards its index lists; read as formats.hf_source reads
+    them, with the same errors). A compressed-tensors module's parts (weight_packed, weight_scale,
+    weight_zero_point, weight_shape) are one row: `<module>.weight` with its logical shape, its scheme as the type and
+    all the parts' bytes, so its bits per weight include the scales."""
+    from quantkit.formats.hf_source import canonical_name, open_safetensors, read_json, shard_map
 
-    from safetensors import SafetensorError
-
-    files = sorted(directory.glob("*.safetensors"))
-    if not files:
-        raise BadFile(f"{directory}: no .safetensors files")
     cfg_path = directory / "config.json"
     meta, qcfg = {}, None
-    if cfg_path.exists():
-        try:
-            cfg = json.loads(cfg_path.read_text())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise BadFile(f"{cfg_path}: not valid JSON ({e})") from None
+    if cfg_path.exists():  # optional here: inspect shows what is stored, with or without a model config
+        cfg = read_json(cfg_path)
         if not isinstance(cfg, dict):
             raise BadFile(f"{cfg_path}: expected a JSON object, found {type(cfg).__name__}")
         qcfg = cfg.get("quantization_config")
         meta = {"architectures": cfg.get("architectures"), "quantization_config": qcfg}
     found: dict[str, tuple[str, list[int], int]] = {}
     shapes: dict[str, list[int]] = {}
-    for p in files:
+    handles = {}
+    for n, shard in shard_map(directory).items():
+        h = handles.get(shard) or handles.setdefault(shard, open_safetensors(shard))
         try:
-            _read_safetensors_header(p, found, shapes)
-        except SafetensorError as e:
-            raise BadFile(f"{p}: not a readable safetensors file ({e})") from None
+            sl = h.get_slice(n)
+        except Exception:  # SafetensorError
+            raise BadFile(f"{shard}: tensor {n!r} is not in this shard, though model.safetensors.index.json puts it "
+                          "there") from None
+        shape, dtype = [int(d) for d in sl.get_shape()], sl.get_dtype()
+        found[n] = (dtype, shape, math.prod(shape) * _WIDTH.get(dtype, 4))
+        if n.endswith(".weight_shape"):
+            shapes[n.removesuffix(".weight_shape")] = [int(d) for d in h.get_tensor(n).tolist()]
     rows = []
     for n, (dtype, shape, nbytes) in found.items():
         module = next((n.removesuffix(s) for s in _CT_PARTS if n.endswith(s)), None)
@@ -141,28 +132,9 @@ def inspect_safetensors(directory: Path) -> Inventory:
                 continue  # counted with its module's packed weight
             nbytes = sum(found[module + s][2] for s in _CT_PARTS if module + s in found)
             n, dtype, shape = module + ".weight", ct_scheme_label(qcfg, module), shapes[module]
-        canon = n
-        for prefix in ("model.language_model.", "model."):
-            if canon.startswith(prefix):
-                canon = canon[len(prefix):]
-                break
-        rows.append(TensorRow(n, group_of(canon), dtype, shape, nbytes))
-    total = sum(p.stat().st_size for p in files)
+        rows.append(TensorRow(n, group_of(canonical_name(n) or n), dtype, shape, nbytes))
+    total = sum(p.stat().st_size for p in handles)
     return Inventory(str(directory), "safetensors", total, meta, rows)
-
-
-def _read_safetensors_header(p: Path, found: dict, shapes: dict) -> None:
-    """name -> (dtype, shape, bytes) of every tensor in one file, and the compressed-tensors modules' weight_shape."""
-    from safetensors import safe_open
-
-    with safe_open(str(p), framework="pt") as h:
-        for n in h.keys():
-            sl = h.get_slice(n)
-            shape = [int(d) for d in sl.get_shape()]
-            dtype = sl.get_dtype()
-            found[n] = (dtype, shape, math.prod(shape) * _WIDTH.get(dtype, 4))
-            if n.endswith(".weight_shape"):
-                shapes[n.removesuffix(".weight_shape")] = [int(d) for d in h.get_tensor(n).tolist()]
 
 
 def inspect_path(path: Path) -> Inventory:

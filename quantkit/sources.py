@@ -100,8 +100,11 @@ def resolve(model: str, from_path: str | None = None) -> Path:
 def open_source(model: str, from_path: str | None = None) -> TensorSource:
     path = resolve(model, from_path)
     if path.is_dir():
-        from quantkit.formats.hf_source import HFSource
+        from quantkit.formats.compressed_source import PackQuantizedSource, is_pack_quantized
+        from quantkit.formats.hf_source import HFSource, read_json
 
+        if is_pack_quantized(read_json(path / "config.json")):
+            return PackQuantizedSource(path)  # a compressed-tensors build, quantkit's own among them
         return HFSource(path)
     from quantkit.formats.gguf_source import GGUFSource
 

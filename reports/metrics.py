@@ -18,6 +18,11 @@ import torch
 ROWS_PER_SLICE = 64  # bounds the float64 temporaries to 64 x vocab
 
 
+def scored(t: int) -> slice:
+    """The positions of a T-token chunk whose logits are scored: first = T // 2 .. T - 2."""
+    return slice(t // 2, t - 1)
+
+
 @dataclass
 class EvalResult:
     n_tokens: int
@@ -41,15 +46,17 @@ class Scorer:
     agree: list = field(default_factory=list)
 
     def add(self, logits: torch.Tensor, ids: torch.Tensor, ref_logits: torch.Tensor | None = None) -> None:
-        """logits / ref_logits: [T, V]; ids: [T] (the chunk's tokens)."""
+        """ids: [T] (the chunk's tokens); logits / ref_logits: [T, V] for the whole chunk, or only the rows at
+        `scored(T)` (what the judges return: the output head never runs on the other positions)."""
         t = ids.shape[0]
-        first = t // 2
-        pos = slice(first, t - 1)
-        targets = ids[first + 1 : t]
-        for s in range(0, t - 1 - first, ROWS_PER_SLICE):
-            sl = slice(pos.start + s, min(pos.start + s + ROWS_PER_SLICE, pos.stop))
+        pos = scored(t)
+        n = pos.stop - pos.start
+        logits, ref_logits = (_scored_rows(x, t) for x in (logits, ref_logits))
+        targets = ids[pos.start + 1 : t]
+        for s in range(0, n, ROWS_PER_SLICE):
+            sl = slice(s, min(s + ROWS_PER_SLICE, n))
             lp = torch.log_softmax(logits[sl].double(), dim=-1)
-            tg = targets[s : s + lp.shape[0]]
+            tg = targets[sl]
             self.nll.append(-lp.gather(1, tg[:, None].long())[:, 0].numpy())
             if ref_logits is not None:
                 rp = torch.log_softmax(ref_logits[sl].double(), dim=-1)
@@ -70,3 +77,15 @@ class Scorer:
             r.p99_kld = float(np.percentile(k, 99))
             r.top1 = float(np.concatenate(self.agree).mean() * 100)
         return r
+
+
+def _scored_rows(logits: torch.Tensor | None, t: int) -> torch.Tensor | None:
+    """A chunk's logits at the scored positions, given all T rows or just those."""
+    if logits is None:
+        return None
+    pos = scored(t)
+    if logits.shape[0] == t:
+        return logits[pos]
+    if logits.shape[0] != pos.stop - pos.start:
+        raise ValueError(f"logits have {logits.shape[0]} rows; a {t}-token chunk needs {t} or {pos.stop - pos.start}")
+    return logits

@@ -68,7 +68,7 @@ def test_damaged_directory_is_one_line_error(tmp_path):
     save_file({"model.embed_tokens.weight": np.zeros((8, 4), np.float32)}, str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text("{not json")
     r = CliRunner().invoke(cli, ["inspect", str(tmp_path)], standalone_mode=False, catch_exceptions=True)
-    assert isinstance(r.exception, BadFile) and str(r.exception).startswith(f"{tmp_path / 'config.json'}: not valid JSON")
+    assert isinstance(r.exception, BadFile) and str(r.exception).startswith(f"{tmp_path / 'config.json'}:1: invalid JSON")
     (tmp_path / "config.json").write_text("{}")
     data = (tmp_path / "model.safetensors").read_bytes()
     (tmp_path / "model.safetensors").write_bytes(data[:8] + b"{garbage" + data[16:])

@@ -165,13 +165,21 @@ T0, T1 = "rope_freqs.weight", "blk.0.attn_q.weight"  # the first tensor in the d
 ARCH = "general.architecture"  # the GGUF's first metadata key
 
 
-def case(name: str, base: str, pattern: str, status: int = 2, e2e: bool = False):
+OPENERS = []  # every case through the other commands that open a model: (command, base, make, pattern, status)
+
+
+def case(name: str, base: str, pattern: str, status: int = 2, e2e: bool = False,
+         also: tuple[str, ...] = ("eval", "imatrix"), inspect: bool = True):
     """Register `make(path) -> None | (model_arg, out_dir)`; `pattern` must match the one stderr line.
-    `e2e=True` also runs the case as a subprocess."""
+    `e2e=True` also runs the case as a subprocess. `also` names the other commands the case is given to, with the
+    same expected line; `inspect=True` adds `quantkit inspect` (for damage to what inspect reads: headers, index,
+    config syntax; it shows files whose contents a model could not use)."""
     def register(make):
         CASES.append(pytest.param(base, make, pattern, status, id=name))
         if e2e:
             E2E_CASES.append(CASES[-1])
+        for command in (*also, *(("inspect",) if inspect else ())):
+            OPENERS.append(pytest.param(command, base, make, pattern, status, id=f"{command}-{name}"))
         return make
     return register
 
@@ -287,17 +295,17 @@ def _(p):
     edit_gguf(p, lambda b, lay: put(b, lay["tensors"][T1]["ne"], "<Q", 48))
 
 
-@case("gguf-shape-vs-metadata", "gguf", r"in\.gguf: tensor 'token_embd\.weight' has shape \(512, 64\); the metadata \(gemma4\.embedding_length.*\) implies \(512, 96\)")
+@case("gguf-shape-vs-metadata", "gguf", r"in\.gguf: tensor 'token_embd\.weight' has shape \(512, 64\); the metadata \(gemma4\.embedding_length.*\) implies \(512, 96\)", inspect=False)
 def _(p):
     edit_gguf(p, lambda b, lay: put(b, lay["kv"]["gemma4.embedding_length"]["value"], "<I", 96))
 
 
-@case("gguf-block-count-vs-arrays", "gguf", r"in\.gguf: gemma4\.attention\.head_count_kv has 4 entries, block_count is 3")
+@case("gguf-block-count-vs-arrays", "gguf", r"in\.gguf: gemma4\.attention\.head_count_kv has 4 entries, block_count is 3", inspect=False)
 def _(p):
     edit_gguf(p, lambda b, lay: put(b, lay["kv"]["gemma4.block_count"]["value"], "<I", 3))
 
 
-@case("gguf-wrong-metadata-type", "gguf", r"in\.gguf: metadata key 'gemma4\.attention\.head_count' is .*expected an integer")
+@case("gguf-wrong-metadata-type", "gguf", r"in\.gguf: metadata key 'gemma4\.attention\.head_count' is .*expected an integer", inspect=False)
 def _(p):
     def fn(b, lay):
         f = lay["kv"]["gemma4.attention.head_count"]
@@ -305,22 +313,22 @@ def _(p):
     edit_gguf(p, fn)
 
 
-@case("gguf-missing-metadata-key", "gguf", r"in\.gguf: metadata key 'gemma4\.block_count' is missing")
+@case("gguf-missing-metadata-key", "gguf", r"in\.gguf: metadata key 'gemma4\.block_count' is missing", inspect=False)
 def _(p):
     edit_gguf(p, lambda b, lay: b.__setitem__(slice(lay["kv"]["gemma4.block_count"]["key"] + 7, lay["kv"]["gemma4.block_count"]["key"] + 12), b"BLOCK"))
 
 
-@case("gguf-unsupported-architecture", "gguf", r"in\.gguf: general\.architecture is 'llama3'; expected one of gemma3, gemma4")
+@case("gguf-unsupported-architecture", "gguf", r"in\.gguf: general\.architecture is 'llama3'; expected one of gemma3, gemma4", inspect=False)
 def _(p):
     set_gguf_string(ARCH, "llama3")(p)
 
 
-@case("gguf-nan-weight", "gguf", r"in\.gguf: tensor 'output_norm\.weight' has a non-finite value at index \(5,\)")
+@case("gguf-nan-weight", "gguf", r"in\.gguf: tensor 'output_norm\.weight' has a non-finite value at index \(5,\)", inspect=False)
 def _(p):
     edit_gguf(p, lambda b, lay: put(b, lay["data"] + _offset(b, lay, "output_norm.weight") + 20, "<f", float("nan")))
 
 
-@case("gguf-inf-block-scale", "gguf", rf"in\.gguf: tensor '{T1}' has a non-finite value at index \(0, 0\)")
+@case("gguf-inf-block-scale", "gguf", rf"in\.gguf: tensor '{T1}' has a non-finite value at index \(0, 0\)", inspect=False)
 def _(p):
     edit_gguf(p, lambda b, lay: put(b, lay["data"] + _offset(b, lay, T1), "<e", float("inf")))  # first Q8_0 block's d
 
@@ -364,7 +372,7 @@ def _(d):
     edit_st(lambda h, data: h[Q].update(dtype="F33"))(d)
 
 
-@case("st-wrong-dtype", "hf", rf"model\.safetensors: tensor '{Q}' has dtype I32; expected BF16, F16 or F32")
+@case("st-wrong-dtype", "hf", rf"model\.safetensors: tensor '{Q}' has dtype I32; expected BF16, F16 or F32", inspect=False)
 def _(d):
     edit_st(lambda h, data: h[Q].update(dtype="I32"))(d)
 
@@ -391,17 +399,17 @@ def _(d):
     edit_st(lambda h, data: h[NORM].update(shape=[63]))(d)
 
 
-@case("st-shape-vs-config", "hf", rf"model\.safetensors: tensor '{Q}' has shape \(64, 128\); config\.json implies \(128, 64\)")
+@case("st-shape-vs-config", "hf", rf"model\.safetensors: tensor '{Q}' has shape \(64, 128\); config\.json implies \(128, 64\)", inspect=False)
 def _(d):
     edit_st(lambda h, data: h[Q].update(shape=[64, 128]))(d)
 
 
-@case("st-nan-weight", "hf", rf"tensor '{Q}' has a non-finite value at index \(0, 5\)", e2e=True)
+@case("st-nan-weight", "hf", rf"tensor '{Q}' has a non-finite value at index \(0, 5\)", e2e=True, inspect=False)
 def _(d):
     poke_value(Q, float("nan"))(d)
 
 
-@case("st-inf-weight", "hf", rf"tensor '{NORM}' has a non-finite value at index \(5,\)")
+@case("st-inf-weight", "hf", rf"tensor '{NORM}' has a non-finite value at index \(5,\)", inspect=False)
 def _(d):
     poke_value(NORM, float("-inf"))(d)
 
@@ -450,53 +458,53 @@ def _(d):
     (d / "config.json").write_text("[]")
 
 
-@case("config-missing-field", "hf", r"config\.json: missing required key 'hidden_size'", e2e=True)
+@case("config-missing-field", "hf", r"config\.json: missing required key 'hidden_size'", e2e=True, inspect=False)
 def _(d):
     edit_config(lambda c: c.pop("hidden_size"))(d)
 
 
-@case("config-wrong-type", "hf", r"config\.json: hidden_size is 'sixty-four'; expected an integer")
+@case("config-wrong-type", "hf", r"config\.json: hidden_size is 'sixty-four'; expected an integer", inspect=False)
 def _(d):
     edit_config(lambda c: c.update(hidden_size="sixty-four"))(d)
 
 
-@case("config-zero-heads", "hf", r"config\.json: num_attention_heads is 0; expected a positive integer")
+@case("config-zero-heads", "hf", r"config\.json: num_attention_heads is 0; expected a positive integer", inspect=False)
 def _(d):
     edit_config(lambda c: c.update(num_attention_heads=0))(d)
 
 
-@case("config-layer-types-not-a-list", "hf", r"config\.json: layer_types is 4; expected a list")
+@case("config-layer-types-not-a-list", "hf", r"config\.json: layer_types is 4; expected a list", inspect=False)
 def _(d):
     edit_config(lambda c: c.update(layer_types=4))(d)
 
 
-@case("config-unsupported-model-type", "hf", r"config\.json: model_type 'llama' .* is not supported")
+@case("config-unsupported-model-type", "hf", r"config\.json: model_type 'llama' .* is not supported", inspect=False)
 def _(d):
     edit_config(lambda c: c.update(model_type="llama", architectures=["LlamaForCausalLM"]))(d)
 
 
-@case("config-layer-count-mismatch", "hf", r"config\.json: layer_types has 4 entries, num_hidden_layers is 3")
+@case("config-layer-count-mismatch", "hf", r"config\.json: layer_types has 4 entries, num_hidden_layers is 3", inspect=False)
 def _(d):
     edit_config(lambda c: c.update(num_hidden_layers=3))(d)
 
 
-@case("config-ffn-vs-tensors", "hf", r"model\.safetensors: tensor 'model\.layers\.0\.mlp\.down_proj\.weight' has shape \(64, 128\); config\.json implies \(64, 256\)")
+@case("config-ffn-vs-tensors", "hf", r"model\.safetensors: tensor 'model\.layers\.0\.mlp\.down_proj\.weight' has shape \(64, 128\); config\.json implies \(64, 256\)", inspect=False)
 def _(d):
     edit_config(lambda c: c.update(intermediate_size=256))(d)
 
 
-@case("config-missing", "hf", r"config\.json: file not found")
+@case("config-missing", "hf", r"config\.json: file not found", inspect=False)
 def _(d):
     (d / "config.json").unlink()
 
 
 # paths
-@case("path-does-not-exist", "hf", r"model '[^']*/nope': not a preset .* and no such file or directory", e2e=True)
+@case("path-does-not-exist", "hf", r"model '[^']*/nope': not a preset .* and no such file or directory", e2e=True, inspect=False)
 def _(d):
     return str(d / "nope"), None
 
 
-@case("out-dir-under-a-file", "hf", r"error: .*/out/sub/work: Not a directory", status=1, e2e=True)  # IOFailure
+@case("out-dir-under-a-file", "hf", r"error: .*/out/sub/work: Not a directory", status=1, e2e=True, also=(), inspect=False)  # IOFailure
 def _(d):
     (d.parent / "out").write_text("a file, not a directory")
     return str(d), d.parent / "out" / "sub"
@@ -510,13 +518,17 @@ def leftovers(out: Path) -> list[str]:
     return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.suffix in (".gguf", ".partial") or ".gguf." in p.name)
 
 
-def prepare(bases, tmp_path, base, make) -> tuple[list[str], Path]:
-    """Damage a copy of the good input; return the `quantkit` arguments and the output directory."""
+def prepare(bases, tmp_path, base, make, command: str = "compress") -> tuple[list[str], Path]:
+    """Damage a copy of the good input; return the `quantkit COMMAND` arguments and the output directory."""
     src = tmp_path / bases[base].name
     (shutil.copytree if bases[base].is_dir() else shutil.copy)(bases[base], src)
     model, out = make(src) or (str(src), None)
     out = out or tmp_path / "out"
-    return ["compress", model, *FLAGS, "--out", str(out)], out
+    args = {"compress": ["compress", model, *FLAGS, "--out", str(out)],
+            "eval": ["eval", model, "--tokens", "512"],
+            "imatrix": ["imatrix", model, "--calib-tokens", "512", "--out", str(out / "imatrix.gguf")],
+            "inspect": ["inspect", model]}
+    return args[command], out
 
 
 def check(returncode, stdout, stderr, out, pattern, status) -> None:
@@ -552,6 +564,13 @@ def test_malformed_input(bases, tmp_path, monkeypatch, capfd, base, make, patter
     check(*run_in_process(monkeypatch, capfd, args), out, pattern, status)
 
 
+@pytest.mark.parametrize("command,base,make,pattern,status", OPENERS)
+def test_malformed_input_every_command(bases, tmp_path, monkeypatch, capfd, command, base, make, pattern, status):
+    """The same damage given to `eval`, `imatrix` (and `inspect`) gives the same one line."""
+    args, out = prepare(bases, tmp_path, base, make, command)
+    check(*run_in_process(monkeypatch, capfd, args), out, pattern, status)
+
+
 @pytest.mark.parametrize("base,make,pattern,status", E2E_CASES)
 def test_malformed_input_end_to_end(bases, tmp_path, base, make, pattern, status):
     args, out = prepare(bases, tmp_path, base, make)
@@ -573,3 +592,38 @@ def test_in_process_run_restores_sigterm_handler(monkeypatch, capfd, tmp_path):
     code, _, err = run_in_process(monkeypatch, capfd, ["compress", str(tmp_path / "nope"), *FLAGS, "--out", str(tmp_path / "out")])
     assert code == 2 and err.startswith("error: "), (code, err)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("tensor,element,index", [
+    ("model.layers.2.post_feedforward_layernorm.weight", 7, "(7,)"),  # a norm of the last block
+    ("model.layers.1.layer_scalar", 0, "(0,)"),  # a 1-element scalar
+    ("model.layers.2.mlp.down_proj.weight", 130, "(1, 2)"),  # the last block's last projection
+])
+@pytest.mark.parametrize("command", [
+    ["compress", "--type", "Q4_K", "--method", "gptq", "--calib-tokens", "512", "--tokens", "0"],
+    ["compress", "--bits", "4", "--method", "imatrix", "--calib-tokens", "512", "--tokens", "0"],
+    ["compress", "--format", "safetensors", "--bits", "4", "--method", "gptq", "--calib-tokens", "512", "--tokens", "0"],
+    ["imatrix", "--calib-tokens", "512"],
+], ids=["gptq", "budget", "safetensors", "imatrix"])
+def test_non_finite_values_are_found_before_calibration(bases, tmp_path, monkeypatch, capfd, tensor, element, index,
+                                                         command):
+    """NaN or Inf anywhere, 1-D norms and scalars included, ends a calibrated run before its first forward pass:
+    the calibration pass itself is replaced by one that fails the test."""
+    import quantkit.calibration.capture as capture_module
+    import quantkit.compress as compress_module
+    import quantkit.sequential as sequential_module
+
+    def calibration_started(*args, **kwargs):
+        raise AssertionError("calibration started before the weights were checked")
+
+    for module, name in ((capture_module, "capture"), (compress_module, "capture"), (compress_module, "_build"),
+                         (sequential_module, "gptq_int")):
+        monkeypatch.setattr(module, name, calibration_started)
+    src = tmp_path / "hf"
+    shutil.copytree(bases["hf"], src)
+    edit_st(lambda h, data: struct.pack_into("<f", data, h[tensor]["data_offsets"][0] + 4 * element, float("nan")))(src)
+    out = tmp_path / "out"
+    args = [command[0], str(src), *command[1:]]
+    args += ["--out", str(out / "imatrix.gguf")] if command[0] == "imatrix" else ["--out", str(out)]
+    pattern = rf"hf: tensor '{re.escape(tensor)}' has a non-finite value at index {re.escape(index)}"
+    check(*run_in_process(monkeypatch, capfd, args), out, pattern, 2)

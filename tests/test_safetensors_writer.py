@@ -31,10 +31,12 @@ from quantkit.formats import atomic
 from quantkit.formats import pack_quantized as pq
 from quantkit.formats import safetensors_model as sm
 from quantkit.formats import safetensors_writer
+from quantkit.formats.compressed_source import PackQuantizedSource
 from quantkit.formats.hf_source import HFSource
 from quantkit.inspect import inspect_path
 from quantkit.kernels import group
 from quantkit.models.gemma import Gemma
+from quantkit.sources import open_source
 
 S, F = "sliding_attention", "full_attention"
 
@@ -192,6 +194,17 @@ def test_library_decompresses_every_tensor_exactly(sources, tmp_path, bits, grou
         assert symmetric == ("weight_zero_point" not in sd)
         if not symmetric:
             assert torch.equal(again["weight_zero_point"], sd["weight_zero_point"]), n
+    # read back as a TensorSource, the build decodes to the library's values; the rest reads as the source
+    back = open_source(str(out))
+    assert isinstance(back, PackQuantizedSource) and list(back.infos) == list(src.infos)
+    for n, info in src.infos.items():
+        if n in schemes:
+            weight = lib[_file_name(src, n).removesuffix(".weight")][0].float().numpy()
+            assert back.infos[n].dtype == schemes[n].label and back.infos[n].shape == info.shape
+            assert np.array_equal(back.get(n), weight), n
+            assert np.array_equal(back.rows(n, 3, 7), weight[3:7]), n
+        else:
+            assert back.infos[n] == info and np.array_equal(back.get(n), src.get(n)), n
     # everything else is the source's own bytes
     with safe_open(str(src.path / "model.safetensors"), framework="pt") as h:
         for name in h.keys():
@@ -494,3 +507,34 @@ def test_cli_compress_and_inspect(sources, tmp_path):
     assert bad.exit_code != 0 and "expected one of 2, 4, 8" in str(bad.exception or bad.output)
     bad = CliRunner().invoke(cli, ["compress", str(src.path), "--bits", "4", "--asym", "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "--format safetensors" in bad.output
+
+
+def test_safetensors_build_gets_a_report_judged_on_transformers_logits(sources, tmp_path):
+    """`compress --format safetensors` evaluates its build (read back by formats.compressed_source) like a GGUF
+    one. Oracle: transformers' logits of the loaded build (dequantize=True: decoded in the stored bf16 scale's dtype,
+    as a bf16 runtime computes; one config group) and of the source, scored with the same metrics."""
+    from transformers import CompressedTensorsConfig
+
+    from quantkit.calibration.text import eval_chunks
+    from quantkit.reports.metrics import Scorer
+    from quantkit.reports.results import RunReport
+
+    src = sources["wide"]
+    run = CliRunner().invoke(cli, ["compress", str(src.path), "--format", "safetensors", "--bits", "4", "--method",
+                                   "rtn", "--tokens", "1024", "--judge", "llama.cpp", "--out", str(tmp_path)])
+    assert run.exit_code == 0, run.output
+    report = RunReport.load(tmp_path)
+    assert report.judge == "quantkit"  # llama.cpp runs GGUF files only
+    (build,) = report.builds
+    assert Path(build.path) == tmp_path / f"{src.path.name}-int4-g128-rtn" and build.file_bytes > 0
+    ids = torch.from_numpy(eval_chunks(src.tokenizer(), "wiki", 1024).ids).long()
+    scorer = Scorer()
+    loaded = _logits_loaded(Path(build.path), ids, quantization_config=CompressedTensorsConfig(dequantize=True))
+    for row, ours, ref in zip(ids, loaded, _logits_loaded(src.path, ids)):
+        scorer.add(ours, row, ref)
+    expected = scorer.result()
+    assert build.ppl == pytest.approx(expected.ppl, rel=1e-4)
+    assert build.mean_kld == pytest.approx(expected.mean_kld, rel=1e-3, abs=1e-7) and build.mean_kld > 0
+    assert build.top1 == pytest.approx(expected.top1)
+    shown = CliRunner().invoke(cli, ["eval", build.path, "--ref", str(src.path), "--tokens", "1024"])
+    assert shown.exit_code == 0 and f"perplexity {build.ppl:.4f}" in shown.output, shown.output

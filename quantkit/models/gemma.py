@@ -341,10 +341,13 @@ class Gemma:
         return softcap(logits, self.spec.final_logit_softcap)
 
     @torch.no_grad()
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+        """ids [B, T] -> logits [B, T, V], or [B, len(rows), V] with the head run only at positions `rows`."""
         state = self.embed(ids)
         for i in range(self.spec.n_layers):
             state = self.block(i, state)
+        if rows is not None:
+            state = replace(state, hidden=state.hidden[:, rows])
         return self.head(state)
 
     __call__ = forward

@@ -18,7 +18,10 @@ from quantkit.cache import cache_dir
 from .llamacpp import LLAMA_CPP_PYTHON, llama_cpp_source
 
 TOOLS = ("llama-quantize", "llama-imatrix")
+NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"  # as .ci/setup-env builds the wheel: AMX dies in some VMs
 CMAKE_FLAGS = (
+    f"-DCMAKE_C_FLAGS={NO_AMX}",
+    f"-DCMAKE_CXX_FLAGS={NO_AMX}",
     "-DCMAKE_BUILD_TYPE=Release",
     "-DBUILD_SHARED_LIBS=OFF",
     "-DGGML_NATIVE=ON",
@@ -39,7 +42,7 @@ def llama_cpp_tools() -> Path:
     The build runs in a temporary folder next to the result and only the finished binaries are renamed into
     place, so an interrupted build never leaves a folder that looks complete."""
     root = cache_dir("llama.cpp-tools")
-    final = root / LLAMA_CPP_PYTHON.replace("==", "-")
+    final = root / (LLAMA_CPP_PYTHON.replace("==", "-") + "-native-noamx")
     if all((final / t).is_file() for t in TOOLS):
         return final
     cmake = shutil.which("cmake")

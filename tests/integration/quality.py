@@ -31,7 +31,8 @@ import torch
 from quantkit.cache import cache_dir
 from quantkit.calibration.text import documents, eval_chunks
 from quantkit.formats.gguf_source import GGUFSource
-from quantkit.reports.metrics import EvalResult, Scorer
+from quantkit.judge import Judge
+from quantkit.reports.metrics import EvalResult, Scorer, scored
 from quantkit.sources import gemma3_270m_path
 
 from .llamacpp import write_f32_base
@@ -102,54 +103,20 @@ def llama_cpp_build(base: Path, out: Path, preset: str, imatrix: Path | None, th
     return Build(preset, IMAT if imatrix else PLAIN, out, time.perf_counter() - t)
 
 
-SCORED = slice(CHUNK // 2, CHUNK - 1)  # positions whose logits are scored (the Scorer's second half)
-
-
-class ScoredJudge:
-    """quantkit.judge.Judge's forward (llama.cpp, each chunk from an empty cache), with logits requested only at the
-    scored positions: the output head, 262144 x 640 and most of this model's compute, then runs on those rows only."""
-
-    def __init__(self, path: Path, threads: int):
-        import llama_cpp
-
-        self.lib = llama_cpp
-        self.llm = llama_cpp.Llama(str(path), n_ctx=CHUNK, n_batch=CHUNK, n_ubatch=CHUNK, n_threads=threads,
-                                   n_threads_batch=threads, verbose=False)
-        self.n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.llm.model))
-        self.batch = llama_cpp.llama_batch_init(CHUNK, 0, 1)
-
-    def logits(self, ids: np.ndarray) -> np.ndarray:
-        """[CHUNK, V] float32: the logits at the SCORED positions, zeros elsewhere (pages never touched)."""
-        b, lib = self.batch, self.lib
-        for i, t in enumerate(ids):
-            b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0] = int(t), i, 1, 0
-            b.logits[i] = SCORED.start <= i < SCORED.stop
-        b.n_tokens = len(ids)
-        lib.llama_memory_clear(lib.llama_get_memory(self.llm.ctx), True)
-        rc = lib.llama_decode(self.llm.ctx, b)
-        if rc != 0:
-            raise RuntimeError(f"llama_decode failed (rc={rc}) on {self.llm.model_path}")
-        n_out = SCORED.stop - SCORED.start
-        out = np.zeros((len(ids), self.n_vocab), np.float32)
-        out[SCORED] = np.ctypeslib.as_array(lib.llama_get_logits(self.llm.ctx), shape=(n_out, self.n_vocab))
-        return out
-
-    def close(self) -> None:
-        self.lib.llama_batch_free(self.batch)
-        self.llm.close()
+SCORED = scored(CHUNK)  # the positions whose logits are scored
 
 
 def reference_logits(base: Path, chunks: np.ndarray, store: Path, threads: int):
     """The base's logits at the scored positions of every chunk, as read-only memmaps on disk, and the base's own
     result (PPL)."""
-    j = ScoredJudge(base, threads)
+    j = Judge(base, CHUNK, threads)
     out, s = [], Scorer()
     try:
         for c, row in enumerate(chunks):
-            lg = j.logits(row)
+            lg = j.logits(row, SCORED)
             s.add(torch.from_numpy(lg), torch.from_numpy(row.astype(np.int64)))
             p = store / f"ref{c}.npy"
-            np.save(p, lg[SCORED])
+            np.save(p, lg)
             out.append(np.load(p, mmap_mode="r"))
     finally:
         j.close()
@@ -158,13 +125,12 @@ def reference_logits(base: Path, chunks: np.ndarray, store: Path, threads: int):
 
 def judge_file(path: Path, chunks: np.ndarray, ref: list[np.ndarray], threads: int) -> EvalResult:
     """Scorer result over all chunks against the reference's logits."""
-    j = ScoredJudge(path, threads)
+    j = Judge(path, CHUNK, threads)
     s = Scorer()
     try:
         for row, r in zip(chunks, ref):
-            full_ref = np.zeros((CHUNK, r.shape[1]), np.float32)
-            full_ref[SCORED] = r
-            s.add(torch.from_numpy(j.logits(row)), torch.from_numpy(row.astype(np.int64)), torch.from_numpy(full_ref))
+            s.add(torch.from_numpy(j.logits(row, SCORED)), torch.from_numpy(row.astype(np.int64)),
+                  torch.from_numpy(np.asarray(r)))
     finally:
         j.close()
     return s.result()
