@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 from gguf.constants import GGUFValueType, LlamaFileType
@@ -32,7 +32,7 @@ import quantkit
 from quantkit.errors import BadInput, UnsupportedModel
 from quantkit.formats import gguf_vocab, gguf_writer
 from quantkit.formats.gguf_source import GGUFSource
-from quantkit.formats.gguf_writer import TensorEntry, Value, array, f32, string, u32
+from quantkit.formats.gguf_writer import TensorEntry, Value, array, collected, f32, string, u32
 from quantkit.formats.source import TensorSource
 from quantkit.kernels import registry
 from quantkit.models.spec import ModelSpec
@@ -191,7 +191,7 @@ def gguf_metadata(source: TensorSource, plan: list[FileTensor], provenance: Mapp
         config = getattr(source, "config", None)
         if config is None:
             raise UnsupportedModel(f"{source.path}: writing GGUF needs a Hugging Face or GGUF source")
-        meta = _general_metadata(source, plan)
+        meta = general_metadata(Path(source.path), source.spec.arch, "model", parameter_counts(p.entry for p in plan))
         meta.update(_hf_metadata(source.spec, config, ftype))
         meta.update(gguf_vocab.hf_tokenizer_metadata(Path(source.path)))
     prov = dict(provenance or {})
@@ -218,15 +218,15 @@ def _carried_metadata(source: GGUFSource, ftype: int) -> dict[str, Value]:
     return meta
 
 
-def _parameter_counts(plan: list[FileTensor]) -> tuple[int, int, int, int]:
+def parameter_counts(entries: Iterable[TensorEntry]) -> tuple[int, int, int, int]:
     """(total, shared, per-expert, expert count) over the written tensors, counted like
     gguf-py's GGUFWriter.get_total_parameter_count (3-D `_exps.` tensors are per-expert)."""
     total = shared = expert = expert_sum = n_exp = 0
-    for p in plan:
-        size = int(np.prod(p.entry.shape))
+    for e in entries:
+        size = int(np.prod(e.shape))
         total += size
-        if "_exps." in p.entry.name and len(p.entry.shape) >= 3:
-            count = p.entry.shape[0]
+        if "_exps." in e.name and len(e.shape) >= 3:
+            count = e.shape[0]
             expert += size // count
             expert_sum += count
             n_exp += 1
@@ -235,30 +235,20 @@ def _parameter_counts(plan: list[FileTensor]) -> tuple[int, int, int, int]:
     return total, shared, expert, expert_sum // n_exp if n_exp else 0
 
 
-def _general_metadata(source: TensorSource, plan: list[FileTensor]) -> dict[str, Value]:
-    """general.* as the converter writes them: gguf-py's Metadata heuristics over the model
-    card, config and directory name (name, basename, size label, license, sampling, ...)."""
+def general_metadata(path: Path, arch: str, gguf_type: str, counts: tuple[int, int, int, int]) -> dict[str, Value]:
+    """general.* as the converter writes them for a checkpoint directory: gguf-py's Metadata heuristics over the
+    model card, config and directory name (name, basename, size label, license, sampling, ...)."""
     import gguf
 
-    counts = _parameter_counts(plan)
-    path = Path(source.path)
     md = gguf.Metadata.load(None, path, None, counts[0])
     if md.name is None:
         md.name = path.name
     if md.size_label is None and counts[0] > 0:
         md.size_label = gguf.size_label(*counts)
-    collector = gguf.GGUFWriter(path=None, arch=source.spec.arch)
-    collector.add_type(gguf.GGUFType.MODEL)
+    collector = gguf.GGUFWriter(path=None, arch=arch)
+    collector.add_type(gguf_type)
     md.set_gguf_meta_model(collector)
-    out: dict[str, Value] = {}
-    for key, v in collector.kv_data[0].items():
-        if v.type == GGUFValueType.ARRAY:
-            items = list(v.value)
-            it = v.sub_type or (GGUFValueType.get_type(items[0]) if items else GGUFValueType.STRING)
-            out[key] = array(items, it) if it == GGUFValueType.STRING else Value(v.type, np.asarray(items), it)
-        else:
-            out[key] = Value(v.type, v.value)
-    return out
+    return collected(collector)
 
 
 def _ints(values: list[int]) -> Value:

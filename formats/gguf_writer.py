@@ -75,6 +75,20 @@ def array(values: Iterable, item_type: GGUFValueType) -> Value:
     return Value(GGUFValueType.ARRAY, list(values) if item_type == GGUFValueType.STRING else np.asarray(values), item_type)
 
 
+def collected(writer) -> dict[str, Value]:
+    """The metadata a gguf-py GGUFWriter (used as a collector, path=None) has gathered, as Values in its order:
+    its add_* methods name the keys and types as llama.cpp's converter writes them."""
+    out: dict[str, Value] = {}
+    for key, v in writer.kv_data[0].items():
+        if v.type == GGUFValueType.ARRAY:
+            items = list(v.value)
+            it = v.sub_type or (GGUFValueType.get_type(items[0]) if items else GGUFValueType.STRING)
+            out[key] = array(items, it) if it == GGUFValueType.STRING else Value(v.type, np.asarray(items), it)
+        else:
+            out[key] = Value(v.type, v.value)
+    return out
+
+
 def _pack_string(s: str) -> bytes:
     raw = s.encode("utf-8")
     return struct.pack("<Q", len(raw)) + raw

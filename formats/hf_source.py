@@ -81,7 +81,8 @@ class HFSource(TensorSource):
         self.infos = {}
         self.skipped = {"towers": 0, "unused shared-layer K/V": 0}
         self._implied = tensor_shapes(self.spec)
-        for file_name, shard in shard_map(self.path).items():
+        self.file_shards = shard_map(self.path)  # every tensor of the checkpoint, towers included -> its file
+        for file_name, shard in self.file_shards.items():
             self._admit(file_name, shard)
         self.arch = self.spec.arch
 
@@ -143,13 +144,20 @@ class HFSource(TensorSource):
             a = a + np.float32(1.0)  # Gemma 3 computes x * (1 + w); store the effective multiplier
         return a
 
+    def read_stored(self, file_name: str) -> np.ndarray:
+        """Any tensor of the checkpoint by its file name (a tower's too), whole, as float32 in its stored shape."""
+        shard = self.file_shards[file_name]
+        dtype, shape, _ = self._layout(shard)[1][file_name]
+        if dtype not in DTYPES:
+            raise BadFile(f"{shard}: tensor {file_name!r} has dtype {dtype}; expected BF16, F16 or F32")
+        a = self._pread_raw(shard, file_name, 0, shape[0] if shape else 1)
+        return _float32(a)
+
     def _pread(self, info: TensorInfo, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) as float32, read with pread rather than through an mmap: pages of a mapped
         multi-GB checkpoint would count towards the process's resident memory as the run touches them."""
         a = self._pread_raw(self._file_names[info.name], info.file_name, start, stop, info.shape)
-        if a.dtype == np.uint16:  # bfloat16 is the top half of a float32
-            return (a.astype(np.uint32) << 16).view(np.float32)
-        return a.astype(np.float32)
+        return _float32(a)
 
     def _pread_raw(self, shard: Path, file_name: str, start: int, stop: int, shape=None) -> np.ndarray:
         """Rows [start, stop) of a tensor as stored (BF16 as uint16), checked against the shape it had when the
@@ -199,3 +207,8 @@ def canonical_name(file_name: str) -> str | None:
                 return None
             return rest
     return None
+
+
+def _float32(a: np.ndarray) -> np.ndarray:
+    """Stored floats as float32; bfloat16 (read as uint16) is the top half of a float32."""
+    return (a.astype(np.uint32) << 16).view(np.float32) if a.dtype == np.uint16 else a.astype(np.float32)

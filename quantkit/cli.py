@@ -128,6 +128,14 @@ def parse_size(text: str) -> int:
 @click.option("--output-tensor-type", metavar="TYPE",
               help="llama-quantize's --output-tensor-type: the output head, which in Gemma is the tied token_embd "
                    "(and per_layer_token_embd) unless --token-embedding-type or a --tensor-type names them.")
+@click.option("--mmproj-type", type=click.Choice(["F16", "BF16", "F32", "Q8_0"], case_sensitive=False), default="F16",
+              show_default=True,
+              help="A multimodal Gemma 4 checkpoint's vision and audio towers are written as llama.cpp's mmproj GGUF "
+                   "(OUT/mmproj-NAME-TYPE.gguf, what llama.cpp's converter writes with --mmproj) beside the text "
+                   "build, in this type: F16 as the public releases; Q8_0 quantizes the towers' large matrices and "
+                   "keeps what llama.cpp keeps in F32. Not calibrated, not part of the --max-size budget (the total "
+                   "is printed). Sources without towers write none and say so.")
+@click.option("--no-mmproj", is_flag=True, help="Text only: write no mmproj for a multimodal checkpoint.")
 @click.option("--ple-type", metavar="TYPE", help="Force the Per-Layer Embedding table's type instead of letting the budget decide.")
 @click.option("--method", type=click.Choice(["gptq", "imatrix", "rtn"]), default="gptq", show_default=True,
               help="gptq: error feedback inside the ggml formats; imatrix: llama.cpp's importance-weighted search; rtn: llama.cpp's data-free rounding.")
@@ -145,15 +153,15 @@ def parse_size(text: str) -> int:
               help="Continue the interrupted run in --out from its last completed block (same model, options and "
                    "threads; the result is the same bytes). Without it, a run refuses an --out that holds one.")
 def compress_cmd(model, bits, max_size, like, imatrix_file, recipe_file, type_name, fmt, group_size, asym, tensor_types,
-                 token_embedding_type, output_tensor_type, ple_type, method, calib, calib_tokens,
+                 token_embedding_type, output_tensor_type, mmproj_type, no_mmproj, ple_type, method, calib, calib_tokens,
                  text, eval_tokens, judge, out_dir, from_path, dry_run, device, threads, resume) -> None:
     """Quantize MODEL to a GGUF build that llama.cpp runs (or, with --format safetensors, a
     compressed-tensors directory for transformers and vLLM), with a report.
 
     MODEL is a preset (gemma3-270m, e2b, e4b, 26b-a4b, 31b), a Hugging Face checkpoint
     directory or a GGUF file. Give one of --bits, --max-size, --like, --recipe or --type. The
-    output directory receives the build, plan.json, report.json, report.md and the
-    accuracy_vs_size charts (PNG and SVG).
+    output directory receives the build (and, for a multimodal Gemma 4 checkpoint, its
+    mmproj), plan.json, report.json, report.md and the accuracy_vs_size charts (PNG and SVG).
     """
     import torch
 
@@ -175,6 +183,7 @@ def compress_cmd(model, bits, max_size, like, imatrix_file, recipe_file, type_na
                            overrides=Overrides.parse(tensor_types, token_embedding_type, output_tensor_type),
                            method=method, calib=calib, calib_tokens=calib_tokens, text=text, eval_tokens=eval_tokens,
                            judge=judge, format=fmt, group_size=int(group_size or 128), symmetric=not asym,
+                           mmproj_type=None if no_mmproj else mmproj_type.upper(),
                            dry_run=dry_run, device=device, progress=sys.stderr.isatty())
     src = open_source(model, from_path)
     out = out_dir or default_out(model, opts)

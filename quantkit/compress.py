@@ -28,12 +28,13 @@ from typing import Callable
 
 import numpy as np
 
-from quantkit import plan as plans, sensitivity, sequential
+from quantkit import plan as plans, sensitivity, sequential, towers
 from quantkit.calibration import imatrix as imatrix_file
 from quantkit.calibration.capture import calibration_ids, capture
 from quantkit.errors import BadOption
 from quantkit.formats import gguf_model, gguf_writer, names, pack_quantized, safetensors_model
 from quantkit.formats.atomic import atomic_write
+from quantkit.formats.mmproj import MmprojPlan
 from quantkit.formats.source import TensorSource
 from quantkit.gptq import METHODS
 from quantkit.kernels import registry
@@ -54,29 +55,43 @@ class CompressResult:
     seconds: dict = field(default_factory=dict)
     resumed: str | None = None  # what an interrupted run had done ("plan, embedding and blocks 0-6 of 18")
     evaluation: EvalResult | None = None
+    mmproj: MmprojPlan | None = None  # the towers' file beside the text build
+    mmproj_path: Path | None = None
+    mmproj_bytes: int = 0
 
 
 def compress(source: TensorSource, out_dir: Path, opts: CompressOptions, resume: bool = False,
              threads: int | None = None, log: Callable[[str], None] = lambda line: None) -> CompressResult:
-    """The whole command: build, save plan.json, evaluate and report (when opts.eval_tokens); `log` gets the
-    lines a user sees as the stages finish."""
+    """The whole command: build, save plan.json, write the towers' mmproj, evaluate and report (when
+    opts.eval_tokens); `log` gets the lines a user sees as the stages finish."""
+    mm, no_mm = towers.plan(source, opts)  # before any heavy work: a checkpoint that cannot have one fails now
     if opts.format == "safetensors":
         if resume:
             raise BadOption("--resume is for GGUF builds")
         result = run_safetensors(source, out_dir, opts)
     else:
         result = run(source, out_dir, opts, resume)
+    result.mmproj = mm
     if result.resumed:
         log(f"resumed {out_dir / 'work'}: the interrupted run had done its {result.resumed}")
     log(result.plan.summary())
     if opts.overrides and opts.format == "gguf":
         for flag, hits in apply_overrides(opts.overrides, source.table).matched.items():
             log(f"{flag}: {len(hits)} tensors ({', '.join(hits[:4])}{', ...' if len(hits) > 4 else ''})")
+    if no_mm or mm:
+        log(no_mm or mm.summary())
     if opts.dry_run:
+        if mm:
+            log(towers.on_device(text_file_bytes(source, result.plan, opts), towers.file_bytes(mm), opts.budgeted))
         return result
     atomic_write(out_dir / "plan.json", result.plan.to_json())
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items() if k != "total")
     log(f"wrote {result.path} ({result.file_bytes:,} bytes) in {result.seconds['total']:.0f} s ({stages})")
+    if mm:
+        result.mmproj_path, seconds = towers.write(source, out_dir, mm, opts)
+        result.mmproj_bytes = result.mmproj_path.stat().st_size
+        log(f"wrote {result.mmproj_path} ({result.mmproj_bytes:,} bytes) in {seconds:.0f} s")
+        log(towers.on_device(result.file_bytes, result.mmproj_bytes, opts.budgeted))
     if opts.eval_tokens:
         from quantkit.build_report import report_build
         from quantkit.sources import open_source
@@ -84,7 +99,8 @@ def compress(source: TensorSource, out_dir: Path, opts: CompressOptions, resume:
         # a safetensors build reads back through formats.compressed_source and runs in quantkit's forward
         name = f"quantkit {opts.recipe().rsplit(' --method ', 1)[0]} {opts.method}"
         result.evaluation = report_build(source, open_source(str(result.path)), result.plan, name,
-                                         result.file_bytes, out_dir, opts.text, opts.eval_tokens, opts.judge, threads)
+                                         result.file_bytes, out_dir, opts.text, opts.eval_tokens, opts.judge, threads,
+                                         mmproj_bytes=result.mmproj_bytes or None, progress=opts.progress)
     return result
 
 
@@ -105,13 +121,14 @@ def run(source: TensorSource, out_dir: Path, opts: CompressOptions, resume: bool
     if opts.dry_run:  # data-free: a budget's plan uses the prior error estimate
         return CompressResult(plan or make_plan(source, opts))
     t = time.perf_counter()
-    if opts.calibrated or opts.budgeted:  # rtn writes read each tensor once and check it then
+    checked = opts.calibrated or opts.budgeted  # rtn writes read each tensor once and check it then
+    if checked:
         source.check_finite(opts.progress)
-    scan = time.perf_counter() - t
+    scan = {"check": time.perf_counter() - t} if checked else {}
     work = WorkDir.open(out_dir / "work", fingerprint(source.path, asdict(opts)), resume)
     try:
         result = _build(source, out_dir, opts, work, plan)
-        result.seconds = {"check": scan, **result.seconds}
+        result.seconds = {**scan, **result.seconds}
     except Exception:  # a failure, not an interrupt (KeyboardInterrupt): nothing to resume
         work.remove()
         raise
@@ -250,6 +267,13 @@ def _budget(source: TensorSource, opts: CompressOptions) -> tuple[int, str]:
         raise BadOption(f"--max-size {opts.max_size:,} bytes does not even hold the header, metadata and "
                         f"tokenizer ({overhead:,} bytes)")
     return opts.max_size - overhead, f"--max-size {opts.max_size:,}"
+
+
+def text_file_bytes(source: TensorSource, plan: plans.Plan, opts: CompressOptions) -> int:
+    """The exact size of the GGUF file `plan` makes (what --dry-run reports before anything is written)."""
+    planned = gguf_model.plan_gguf(source, plan.types)
+    meta = gguf_model.gguf_metadata(source, planned, opts.provenance())
+    return gguf_writer.layout(meta, [p.entry for p in planned])[2]
 
 
 def header_overhead(source: TensorSource, provenance: dict) -> int:

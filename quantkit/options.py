@@ -34,6 +34,7 @@ class CompressOptions:
     format: str = "gguf"
     group_size: int = 128  # --format safetensors
     symmetric: bool = True  # --format safetensors
+    mmproj_type: str | None = "F16"  # the towers' mmproj GGUF; None: --no-mmproj
     dry_run: bool = False
     device: str = "cpu"
     progress: bool = True
@@ -98,3 +99,8 @@ def default_out(model: str, opts: CompressOptions) -> Path:
 def build_path(source: TensorSource, out_dir: Path, opts: CompressOptions) -> Path:
     stem = source.path.stem if source.path.is_file() else source.path.name
     return out_dir / (f"{stem}-{opts.label()}" + (".gguf" if opts.format == "gguf" else ""))
+
+
+def mmproj_path(source: TensorSource, out_dir: Path, type_name: str) -> Path:
+    """OUT/mmproj-<checkpoint>-<TYPE>.gguf, beside the text build (the public releases' naming)."""
+    return out_dir / f"mmproj-{source.path.name}-{type_name}.gguf"

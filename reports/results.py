@@ -33,6 +33,7 @@ class BuildResult:
     p99_kld: float | None = None
     top1: float | None = None
     path: str | None = None
+    mmproj_bytes: int | None = None  # the towers' mmproj GGUF beside a multimodal build
 
 
 @dataclass

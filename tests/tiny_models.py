@@ -11,6 +11,10 @@ forward that ignores one of them does not match by accident.
     gemma3        Gemma3ForCausalLM: 5S+1F, linear RoPE scaling on the full layer, query_pre_attn_scalar != head_dim
 
 Sliding windows are 16 tokens, so sequences of ~40 tokens exercise the sliding mask.
+
+`multimodal(kind)` wraps one of them in a `Gemma4ForConditionalGeneration` with the release's towers, tiny: a
+two-layer vision encoder for every kind and, for "e", a two-layer conformer audio encoder; `save_release` writes it
+as the release is laid out (bf16 safetensors, tokenizer, processor_config.json).
 """
 
 from __future__ import annotations
@@ -131,3 +135,56 @@ def hf_bf16(model: torch.nn.Module) -> torch.nn.Module:
 
 def random_ids(batch: int = 2, length: int = 40, seed: int = 0, vocab: int = VOCAB) -> torch.Tensor:
     return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+# The release's processor config: Gemma 4's image processor (mean 0, std 1, 16-pixel patches, 280 soft tokens,
+# pooling 3) and its audio feature extractor (128 mel bins at 16 kHz), as llama.cpp's converter reads them.
+PROCESSOR_CONFIG = {
+    "image_processor": {"image_processor_type": "Gemma4ImageProcessor", "image_mean": [0.0, 0.0, 0.0],
+                        "image_std": [1.0, 1.0, 1.0], "patch_size": 16, "max_soft_tokens": 280,
+                        "pooling_kernel_size": 3, "do_normalize": False, "do_rescale": True,
+                        "rescale_factor": 1 / 255},
+    "feature_extractor": {"feature_extractor_type": "Gemma4AudioFeatureExtractor", "feature_size": 128,
+                          "sampling_rate": 16000},
+    "processor_class": "Gemma4Processor",
+}
+
+
+def multimodal(kind: str = "e", seed: int = 6) -> torch.nn.Module:
+    """Gemma4ForConditionalGeneration around the tiny text model `kind` ("e", "dense" or "moe"): a vision tower
+    for all, an audio tower for "e" (as E2B/E4B have). Tower weights are transformers' seeded initialisation; the
+    audio tower's clipped linears keep their open (±Inf) bounds."""
+    from transformers import Gemma4Config, Gemma4ForConditionalGeneration
+    from transformers.models.gemma4.configuration_gemma4 import Gemma4AudioConfig, Gemma4VisionConfig
+
+    text, _ = {"e": gemma4_e, "dense": gemma4_dense, "moe": gemma4_moe}[kind](seed)
+    vision = Gemma4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                num_key_value_heads=2, head_dim=16, position_embedding_size=64)
+    # transformers sizes the subsampler's projection as (channels[0] // 4) * channels[1], i.e. it takes the first
+    # conv's channel count for the 128 mel bins (true of the release); llama.cpp uses the mel bins: keep them equal
+    audio = Gemma4AudioConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                              subsampling_conv_channels=[128, 4], output_proj_dims=48) if kind == "e" else None
+    config = Gemma4Config(text_config=text.config.to_dict(), vision_config=vision.to_dict(),
+                          audio_config=audio.to_dict() if audio else None, image_token_id=500, boi_token_id=501,
+                          eoi_token_id=502, video_token_id=503, boa_token_id=504, audio_token_id=505,
+                          eoa_token_index=506)
+    torch.manual_seed(seed)
+    model = Gemma4ForConditionalGeneration(config).eval()
+    text_state = {"model.language_model." + k.removeprefix("model."): v for k, v in text.state_dict().items()
+                  if k.startswith("model.")}
+    missing = model.load_state_dict(text_state, strict=False).missing_keys
+    assert not [k for k in missing if "language_model" in k], missing
+    return model
+
+
+def save_release(model: torch.nn.Module, directory, processor: dict | None = PROCESSOR_CONFIG) -> None:
+    """bf16 safetensors, the tiny tokenizer and (unless None) processor_config.json, as the release ships."""
+    import json
+    from pathlib import Path
+
+    import tiny_tokenizer
+
+    model.to(torch.bfloat16).save_pretrained(directory)
+    tiny_tokenizer.save(Path(directory), VOCAB)
+    if processor is not None:
+        (Path(directory) / "processor_config.json").write_text(json.dumps(processor, indent=2))

@@ -179,7 +179,7 @@ def _as_rows(array: np.ndarray) -> np.ndarray:
 
 
 def quantize(type_name: str, array2d: np.ndarray, importance: np.ndarray | None = None,
-             name: str = "tensor", effort: str = "exact") -> np.ndarray:
+             name: str = "tensor", effort: str = "exact", keep_nonfinite: bool = False) -> np.ndarray:
     """Encode rows of ``array2d`` as ``type_name`` blocks -> uint8 [rows, row_bytes].
 
     Without ``importance`` the bytes equal llama.cpp's quantizer output for the
@@ -189,6 +189,7 @@ def quantize(type_name: str, array2d: np.ndarray, importance: np.ndarray | None 
     NaN/Inf weights or importance, and missing importance for IQ2/IQ3 types.
     ``effort="fast"`` shortens the IQ2/IQ3 grid types' scale search (iquants.SCALE_TRIALS):
     still valid blocks of the same type, no longer llama.cpp's bytes.
+    ``keep_nonfinite`` stores Inf and NaN as they are in the float types (an mmproj's unclipped bounds are ±Inf).
     """
     bt = get(type_name)
     x = _as_rows(array2d)
@@ -198,7 +199,9 @@ def quantize(type_name: str, array2d: np.ndarray, importance: np.ndarray | None 
             f"tensor {name}: row length {cols} is not a multiple of the {bt.name} block size "
             f"{bt.block_size}; llama.cpp would use {fallback_type(bt.name, cols)} for it"
         )
-    if x.size:
+    if keep_nonfinite and bt.name not in FLOATS:
+        raise BadInput(f"tensor {name}: only float types store non-finite values, not {bt.name}")
+    if x.size and not keep_nonfinite:
         r, c = _first_nonfinite(x)
         if r >= 0:
             raise BadInput(f"tensor {name}: non-finite weight {x[r, c]} at (row {r}, col {c}); refusing to quantize to {bt.name}")

@@ -98,14 +98,16 @@ def llama_cpp_source() -> Path:
     return src
 
 
-def convert_hf(hf_dir: Path, out: Path, outtype: str = "f32") -> Path:
-    """Run llama.cpp's own convert_hf_to_gguf.py (with its bundled gguf-py) on a Hugging Face directory."""
+def convert_hf(hf_dir: Path, out: Path, outtype: str = "f32", mmproj: bool = False) -> Path:
+    """Run llama.cpp's own convert_hf_to_gguf.py (with its bundled gguf-py) on a Hugging Face directory; with
+    `mmproj`, its `--mmproj` mode (the vision/audio towers' file)."""
     import subprocess
     import sys
 
     src = llama_cpp_source()
     env = dict(os.environ, PYTHONPATH=str(src / "gguf-py"))
-    cmd = [sys.executable, str(src / "convert_hf_to_gguf.py"), str(hf_dir), "--outtype", outtype, "--outfile", str(out)]
+    cmd = [sys.executable, str(src / "convert_hf_to_gguf.py"), str(hf_dir), "--outtype", outtype, "--outfile", str(out),
+           *(["--mmproj"] if mmproj else [])]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise RuntimeError(f"convert_hf_to_gguf.py failed on {hf_dir}:\n{r.stderr[-4000:]}")
