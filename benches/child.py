@@ -24,5 +24,5 @@ def run_compress(model: str, checkpoint: Path, out: Path, args: list[str]) -> tu
     code = os.waitstatus_to_exitcode(status)
     if code:
         raise SystemExit(f"quantkit compress exited with {code}")
-    (gguf,) = out.glob("*.gguf")
+    (gguf,) = (p for p in out.glob("*.gguf") if not p.name.startswith("mmproj-"))  # the text build
     return gguf, seconds, usage.ru_maxrss * 1024 / 1e9

@@ -5,7 +5,9 @@ and release layout, then llama.cpp loads the file, checks its logits are finite 
     .venv/bin/python benches/e2b.py /tmp/e2b --out /tmp/e2b-build [--max-size 1.4GB] [--method M] [--calib-tokens N]
 
 Prints the file's size by tensor group, the compress command's wall time and its peak RSS (the child process's
-maximum resident set, benches/child.py), and llama.cpp's check. The targets of the issue: at most 1,500,000,000 bytes
+maximum resident set, benches/child.py), and llama.cpp's check; then the towers' mmproj that compress wrote beside
+it (F16), the size the same towers take at --mmproj-type Q8_0 (planned exactly, not written) and the on-device total
+of text + mmproj. The targets of the issue: at most 1,500,000,000 bytes
 (or within 1% under --max-size), at most 20 minutes and 8 GB on 2 cores.
 
 The defaults fit that time on 2 cores: `--method imatrix` on 2,048 calibration tokens. quantkit's forward runs E2B at
@@ -51,6 +53,22 @@ def llama_cpp_check(path: Path, n_generate: int = 16) -> tuple[bool, list[int]]:
         llm.close()
 
 
+def print_mmproj(checkpoint: Path, out: Path, text_bytes: int) -> None:
+    from quantkit.formats.hf_source import HFSource
+    from quantkit.formats.mmproj import plan_mmproj
+    from quantkit.towers import file_bytes
+
+    written = sorted(out.glob("mmproj-*.gguf"))
+    if not written:
+        print("mmproj      none written (a checkpoint without towers, or made with --stub-towers)")
+        return
+    f16 = written[0].stat().st_size
+    q8 = file_bytes(plan_mmproj(HFSource(checkpoint), "Q8_0"))
+    print(f"mmproj      {written[0].name}: {f16:,} bytes (F16); at --mmproj-type Q8_0: {q8:,} bytes")
+    print(f"on device   text {text_bytes:,} + mmproj F16 {f16:,} = {text_bytes + f16:,} bytes; "
+          f"with the Q8_0 mmproj {text_bytes + q8:,}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint", type=Path, help="directory written by benches/make_checkpoint.py e2b")
@@ -77,6 +95,7 @@ def main() -> None:
           f"   limit {limit:,}: {'OK' if inv.file_bytes <= limit else 'OVER'} ({100 * inv.file_bytes / limit:.2f}% of it)")
     print(f"wall time   {seconds / 60:.1f} min   (target <= 20 min on 2 cores)")
     print(f"peak RSS    {peak_gb:.2f} GB       (target <= 8 GB)")
+    print_mmproj(args.checkpoint, args.out, inv.file_bytes)
     finite, generated = llama_cpp_check(path)
     print(f"llama.cpp   loaded; prompt logits finite: {finite}; generated {len(generated)} tokens: {generated}")
     ok = inv.file_bytes <= limit and finite and len(generated) == 16

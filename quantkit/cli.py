@@ -300,7 +300,8 @@ def inspect_cmd(path: Path, as_json: bool, show_all: bool) -> None:
 
     Prints a metadata summary, a table of tensors (type, shape, bytes, bits per
     weight), totals by tensor group (embeddings, PLE, attention, MLP, experts,
-    norms) and the whole file's bits per weight.
+    norms) and the whole file's bits per weight; for a text GGUF with an mmproj
+    (the vision/audio towers) beside it, that file's size and the on-device total.
     """
     from quantkit.inspect import inspect_path
     from quantkit.sources import PRESETS, resolve
@@ -328,6 +329,12 @@ def inspect_cmd(path: Path, as_json: bool, show_all: bool) -> None:
     tensor_bytes = sum(t.nbytes for t in inv.tensors)
     click.echo(f"{'tensors':<12}{inv.n_params:>16,}{tensor_bytes:>16,}{8 * tensor_bytes / max(inv.n_params, 1):>8.3f}")
     click.echo(f"{'file':<12}{'':>16}{inv.file_bytes:>16,}   (header and padding {inv.file_bytes - tensor_bytes:,} bytes)")
+    if inv.mmproj:
+        from quantkit.towers import on_device
+
+        m = inv.mmproj
+        click.echo(f"\nmmproj beside it: {Path(m['path']).name} ({m['tensors']} tensors, {m['file_bytes']:,} bytes)")
+        click.echo(on_device(inv.file_bytes, m["file_bytes"], budgeted=False))
 
 
 def _terminate(signum, frame):

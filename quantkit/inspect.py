@@ -33,6 +33,7 @@ class Inventory:
     file_bytes: int
     metadata: dict = field(default_factory=dict)
     tensors: list[TensorRow] = field(default_factory=list)
+    mmproj: dict | None = None  # a text GGUF's mmproj beside it: path, file_bytes, tensors, tensor_bytes
 
     def totals(self) -> dict[str, dict]:
         out = {}
@@ -77,7 +78,24 @@ def inspect_gguf(path: Path) -> Inventory:
         rows.append(TensorRow(t.name, group_of(canon), t.ggml_type.name, list(t.shape), t.nbytes))
     inv = Inventory(str(path), "gguf", f.size, meta, rows)
     f.close()
+    if meta.get("general.type") != "mmproj":
+        inv.mmproj = _mmproj_beside(path)
     return inv
+
+
+def _mmproj_beside(path: Path) -> dict | None:
+    """The towers' file `quantkit compress` (or a release) puts beside a text GGUF: mmproj-*.gguf in its folder."""
+    from quantkit.formats.gguf_reader import GGUFFile
+
+    found = sorted(path.parent.glob("mmproj-*.gguf"))
+    if not found:
+        return None
+    f = GGUFFile(found[0])
+    try:
+        return {"path": str(found[0]), "file_bytes": f.size, "tensors": len(f.tensors),
+                "tensor_bytes": sum(t.nbytes for t in f.tensors.values())}
+    finally:
+        f.close()
 
 
 _CT_PARTS = (".weight_packed", ".weight_scale", ".weight_zero_point", ".weight_shape", ".weight_g_idx")

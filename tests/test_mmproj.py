@@ -131,6 +131,9 @@ def test_compress_writes_the_mmproj_beside_the_build(checkpoints, tmp_path):
     assert line in run.output
     assert json.loads((tmp_path / "report.json").read_text())["builds"][0]["mmproj_bytes"] == mm.stat().st_size
     assert line in (tmp_path / "report.md").read_text()
+    shown = CliRunner().invoke(cli, ["inspect", str(text)])
+    assert f"mmproj beside it: {mm.name} (161 tensors, {mm.stat().st_size:,} bytes)" in shown.output
+    assert line in shown.output
     # --dry-run names the same sizes before anything is written
     dry = _compress(d, "--type", "Q8_0", "--method", "rtn", "--mmproj-type", "q8_0", "--dry-run",
                     "--out", tmp_path / "dry")
