@@ -12,12 +12,13 @@ Every writer (GGUF, safetensors, the work folder's checkpoints, reports) goes th
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-from quantkit.errors import IOFailure
+from quantkit.errors import BadInput, IOFailure
 
 
 def umask() -> int:
@@ -82,3 +83,33 @@ def atomic_write(path: Path, data: bytes) -> Path:
     with atomic_file(path, verify=same) as f:
         f.write(data)
     return Path(path)
+
+
+# ---------------------------------------------------------------- whole directories (safetensors builds)
+
+
+def replaceable_dir(out_dir: Path) -> None:
+    """An existing destination is replaced only if it is a build (config.json and safetensors) or empty."""
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if not out_dir.is_dir() or out_dir.is_symlink():
+        raise BadInput(f"{out_dir}: exists and is not a directory; refusing to replace it with a build")
+    entries = list(out_dir.iterdir())
+    if entries and not ((out_dir / "config.json").is_file() and any(p.suffix == ".safetensors" for p in entries)):
+        raise BadInput(f"{out_dir}: exists and is not a safetensors build; refusing to replace it")
+
+
+def install_dir(tmp: Path, out_dir: Path) -> None:
+    """Rename the finished directory into place; a previous build is moved aside first and removed after."""
+    if not out_dir.exists():
+        os.rename(tmp, out_dir)
+        return
+    old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".old"))
+    os.rename(out_dir, old / "build")
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        os.rename(old / "build", out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -3,8 +3,8 @@
     schemes = uniform_schemes(source, bits=4, group_size=128)     # canonical name -> IntScheme
     write_safetensors(source, "out/model-w4g128", schemes, importance, provenance)
 
-The source must be a Hugging Face checkpoint directory (formats.hf_source). Every tensor keeps the source's
-own name. Each quantized Linear `<m>.weight` becomes the four tensors of compressed-tensors' "pack-quantized"
+The source is a Hugging Face checkpoint directory (formats.hf_source), whose names every tensor keeps, or a
+Gemma 3 GGUF, written as a Gemma3ForCausalLM directory in float32 (config.json from its spec, its tokenizer.json). Each quantized Linear `<m>.weight` becomes the four tensors of compressed-tensors' "pack-quantized"
 format (formats.pack_quantized); codes and scales come from kernels/group.py or, for GPTQ, from `encoded(name)`.
 
 Everything else is copied byte for byte in the source's dtype: norms, scalars, the MoE router and expert
@@ -51,15 +51,16 @@ import numpy as np
 import torch
 
 import quantkit
-from quantkit.errors import BadInput, IOFailure, UnsupportedModel
+from quantkit.errors import BadInput, IOFailure
 from quantkit.formats import names, safetensors_writer
-from quantkit.formats.atomic import atomic_write, fsync_dir, umask
+from quantkit.formats.atomic import atomic_write, fsync_dir, install_dir, replaceable_dir, umask
 from quantkit.formats.hf_source import HFSource, canonical_name, shard_map
 from quantkit.formats.pack_quantized import (CT_FORMAT, CT_VERSION, SCALE_DTYPE, TORCH_DTYPE, IntScheme, fit_group,
                                              pack_int32, pack_zero_points)
 from quantkit.formats.safetensors_writer import TensorEntry
 from quantkit.formats.source import TensorSource
 from quantkit.kernels import group
+from quantkit.models.configs import gemma3_config
 
 DEFAULT_SHARD_BYTES = 4 * 10**9
 CHUNK_VALUES = 1 << 25  # tensors larger than this are read, quantized and written in chunks of rows
@@ -96,7 +97,7 @@ class BuildTensor:
 
     file_name: str  # the source's name, e.g. model.language_model.layers.0.self_attn.q_proj.weight
     canonical: str | None  # quantkit's name; None for tensors only copied (towers, an untied lm_head)
-    shard: Path  # the source file holding it
+    shard: Path | None  # the source file holding it; None for a GGUF source (written from its float32 values)
     shape: tuple[int, ...]
     dtype: str  # the source's safetensors dtype
     scheme: IntScheme | None
@@ -125,40 +126,52 @@ def _entries(file_name: str, shape: tuple[int, ...], dtype: str, s: IntScheme | 
 
 
 def plan_safetensors(source: TensorSource, schemes: Mapping[str, IntScheme] | None = None) -> list[BuildTensor]:
-    """What would be written, in the source's file order."""
-    if not isinstance(source, HFSource):
-        raise UnsupportedModel(f"{source.path}: safetensors builds are written from a Hugging Face checkpoint "
-                               "directory (its names, config and tokenizer files are carried over)")
+    """What would be written, in the source's file order. A Hugging Face source keeps its names and dtypes; a
+    Gemma 3 GGUF source becomes a Gemma3ForCausalLM directory (`model.` + canonical names, float32: the GGUF's
+    values exactly)."""
     schemes = dict(schemes or {})
     unknown = sorted(set(schemes) - set(source.infos))
     if unknown:
         raise BadInput(f"the plan names tensors the model does not have: {', '.join(unknown[:5])}")
-    from safetensors import safe_open
-
     out = []
-    handles = {}
+    for file_name, canon, shard, shape, dtype in _stored_tensors(source):
+        s = schemes.get(canon) if canon is not None else None
+        if s is not None:
+            _check_scheme(file_name, canon, shape, dtype, s)
+        out.append(BuildTensor(file_name, canon, shard, shape, dtype, s, _entries(file_name, shape, dtype, s)))
+    return out
+
+
+def hf_config(source: TensorSource) -> dict:
+    """The build's config.json before its quantization_config: the source's own, or one made from a GGUF's spec."""
+    return dict(source.config) if isinstance(source, HFSource) else gemma3_config(source.spec)
+
+
+def _stored_tensors(source: TensorSource) -> Iterator[tuple[str, str | None, Path | None, tuple[int, ...], str]]:
+    """(file name, canonical name or None, shard, shape, dtype) of every tensor the build carries."""
+    if not isinstance(source, HFSource):
+        hf_config(source)  # refuses what cannot become a Hugging Face directory, before anything is read
+        for canon, info in source.infos.items():
+            yield "model." + canon, canon, None, info.shape, "F32"
+        return
     for file_name, shard in shard_map(source.path).items():
         canon = canonical_name(file_name)
         if canon is not None and canon not in source.infos:
             continue  # unused KV-shared k/v projections: nothing reads them
-        if shard not in handles:
-            handles[shard] = safe_open(str(shard), framework="pt")
-        sl = handles[shard].get_slice(file_name)
-        shape, dtype = tuple(int(d) for d in sl.get_shape()), sl.get_dtype()
-        s = schemes.get(canon) if canon is not None else None
-        if s is not None:
-            if canon in LOOKUP_TABLES:
-                raise BadInput(f"tensor {file_name}: lookup tables stay {dtype} in safetensors builds (transformers "
-                               "cannot load a compressed Gemma embedding, vLLM has no quantized Embedding)")
-            if not quantizable(canon, shape):
-                raise BadInput(f"tensor {file_name}: only 2-D Linear weights can be pack-quantized (shape {shape})")
-            if dtype not in TORCH_DTYPE:
-                raise BadInput(f"tensor {file_name}: source dtype {dtype} cannot hold the scales")
-            if s.group_size != -1 and shape[1] % s.group_size:
-                raise BadInput(f"tensor {file_name}: row length {shape[1]} is not a multiple of group size "
-                               f"{s.group_size}")
-        out.append(BuildTensor(file_name, canon, shard, shape, dtype, s, _entries(file_name, shape, dtype, s)))
-    return out
+        sl = source._slice(shard, file_name)
+        yield file_name, canon, shard, tuple(int(d) for d in sl.get_shape()), sl.get_dtype()
+
+
+def _check_scheme(file_name: str, canon: str, shape: tuple[int, ...], dtype: str, s: IntScheme) -> None:
+    if canon in LOOKUP_TABLES:
+        raise BadInput(f"tensor {file_name}: lookup tables stay {dtype} in safetensors builds (transformers "
+                       "cannot load a compressed Gemma embedding, vLLM has no quantized Embedding)")
+    if not quantizable(canon, shape):
+        raise BadInput(f"tensor {file_name}: only 2-D Linear weights can be pack-quantized (shape {shape})")
+    if dtype not in TORCH_DTYPE:
+        raise BadInput(f"tensor {file_name}: source dtype {dtype} cannot hold the scales")
+    if s.group_size != -1 and shape[1] % s.group_size:
+        raise BadInput(f"tensor {file_name}: row length {shape[1]} is not a multiple of group size {s.group_size}")
 
 
 def quantization_config(plan: list[BuildTensor]) -> dict:
@@ -242,16 +255,16 @@ def write_safetensors(
     bad = sorted(set(prov) - set(PROVENANCE_KEYS))
     if bad:
         raise BadInput(f"unknown provenance keys {bad}; expected {', '.join(PROVENANCE_KEYS)}")
-    config = dict(source.config)
+    config = hf_config(source)
     config["quantization_config"] = quantization_config(plan)
     meta = {"format": "pt", "quantkit.version": quantkit.__version__}
     meta.update({f"quantkit.{k}": str(prov.get(k, "none")) for k in PROVENANCE_KEYS})
     parts = shards(plan, shard_bytes)
     files = shard_names(len(parts))
-    side = [p for p in sorted(Path(source.path).iterdir()) if p.name in SIDE_FILES and p.is_file()]
+    side = _side_files(source)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _check_replaceable(out_dir)
+    replaceable_dir(out_dir)
     try:
         tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".partial"))
     except OSError as e:
@@ -273,11 +286,11 @@ def write_safetensors(
             index = {"metadata": {"total_size": sum(p.nbytes for p in plan)}, "weight_map": dict(sorted(weight_map.items()))}
             atomic_write(tmp / "model.safetensors.index.json", _json_bytes(index))
         atomic_write(tmp / "config.json", _json_bytes(config))
-        for p in side:
-            atomic_write(tmp / p.name, p.read_bytes())
+        for name, data in side.items():
+            atomic_write(tmp / name, data)
         os.chmod(tmp, 0o777 & ~umask())
         fsync_dir(tmp)
-        _install(tmp, out_dir)
+        install_dir(tmp, out_dir)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError):
@@ -298,7 +311,7 @@ def _encode(source: TensorSource, p: BuildTensor, imp: np.ndarray | None,
             encoded: Callable[[str], group.GroupQuant | None] | None) -> Iterator[tuple[str, object]]:
     """(entry name, bytes) pieces of one planned tensor, in each entry's byte order."""
     if p.scheme is None:
-        yield from _copy(p)
+        yield from _copy(source, p)
         return
     s, m = p.scheme, p.module
     rows, cols = p.shape
@@ -331,10 +344,22 @@ def _check_encoded(p: BuildTensor, gq: group.GroupQuant) -> None:
                        f"scale_dtype={SCALE_DTYPE[p.dtype]!r})")
 
 
-def _copy(p: BuildTensor) -> Iterator[tuple[str, object]]:
-    """The source tensor's own bytes, in chunks of rows for a large one."""
+def _side_files(source: TensorSource) -> dict[str, bytes]:
+    """Tokenizer, generation and processor files: the source directory's own, or a GGUF's tokenizer.json."""
+    if not isinstance(source, HFSource):
+        return {"tokenizer.json": source.tokenizer().tok.to_str().encode("utf-8")}
+    return {p.name: p.read_bytes() for p in sorted(Path(source.path).iterdir()) if p.name in SIDE_FILES and p.is_file()}
+
+
+def _copy(source: TensorSource, p: BuildTensor) -> Iterator[tuple[str, object]]:
+    """The source tensor's own bytes, in chunks of rows for a large one; a GGUF source's float32 values, norms in
+    Gemma 3's stored form (x · (1 + w): w = multiplier - 1)."""
     from safetensors import safe_open
 
+    if p.shard is None:
+        a = source.get(p.canonical)
+        yield p.file_name, (a - np.float32(1.0) if source.spec.arch == "gemma3" and names.is_norm(p.canonical) else a)
+        return
     with safe_open(str(p.shard), framework="pt") as h:
         if len(p.shape) < 2 or math.prod(p.shape) <= CHUNK_VALUES:
             yield p.file_name, _torch_bytes(h.get_tensor(p.file_name))
@@ -351,30 +376,3 @@ def _torch_bytes(t: torch.Tensor) -> np.ndarray:
 
 def _json_bytes(d: dict) -> bytes:
     return (json.dumps(d, indent=2, sort_keys=True) + "\n").encode("utf-8")
-
-
-def _check_replaceable(out_dir: Path) -> None:
-    """An existing destination is replaced only if it is a build (config.json and safetensors) or empty."""
-    if not out_dir.exists() and not out_dir.is_symlink():
-        return
-    if not out_dir.is_dir() or out_dir.is_symlink():
-        raise BadInput(f"{out_dir}: exists and is not a directory; refusing to replace it with a build")
-    entries = list(out_dir.iterdir())
-    if entries and not ((out_dir / "config.json").is_file() and any(p.suffix == ".safetensors" for p in entries)):
-        raise BadInput(f"{out_dir}: exists and is not a safetensors build; refusing to replace it")
-
-
-def _install(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished directory into place; a previous build is moved aside first and removed after."""
-    if not out_dir.exists():
-        os.rename(tmp, out_dir)
-        return
-    old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".old"))
-    os.rename(out_dir, old / "build")
-    try:
-        os.rename(tmp, out_dir)
-    except BaseException:
-        os.rename(old / "build", out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

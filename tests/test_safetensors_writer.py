@@ -538,3 +538,35 @@ def test_safetensors_build_gets_a_report_judged_on_transformers_logits(sources, 
     assert build.top1 == pytest.approx(expected.top1)
     shown = CliRunner().invoke(cli, ["eval", build.path, "--ref", str(src.path), "--tokens", "1024"])
     assert shown.exit_code == 0 and f"perplexity {build.ppl:.4f}" in shown.output, shown.output
+
+
+def test_gemma3_gguf_source_becomes_a_gemma3_directory(sources, tmp_path):
+    """A Gemma 3 GGUF (the embedded 270M's kind) has no Hugging Face directory to copy: the build is written as a
+    Gemma3ForCausalLM directory in float32 with a config made from the GGUF's spec. Oracles: the spec read back
+    from that config; transformers' logits of the loaded build, scored like quantkit's report."""
+    from quantkit.calibration.text import eval_chunks
+    from quantkit.formats.gguf_model import write_gguf
+    from quantkit.formats.gguf_source import GGUFSource
+    from quantkit.reports.metrics import Scorer
+    from quantkit.reports.results import RunReport
+
+    gguf_path = write_gguf(sources["gemma3"], tmp_path / "m.gguf", progress=False)
+    src = GGUFSource(gguf_path)
+    run = CliRunner().invoke(cli, ["compress", str(gguf_path), "--format", "safetensors", "--bits", "8", "--method",
+                                   "rtn", "--tokens", "1024", "--out", str(tmp_path / "out")])
+    assert run.exit_code == 0, run.output
+    (build,) = RunReport.load(tmp_path / "out").builds
+    back = open_source(build.path)
+    assert isinstance(back, PackQuantizedSource) and back.spec == src.spec
+    assert back.infos["layers.0.mlp.down_proj.weight"].dtype == "int8-g128"
+    for n in ("norm.weight", "layers.0.input_layernorm.weight", "embed_tokens.weight"):
+        assert np.array_equal(back.get(n), src.get(n)), n  # the GGUF's values, norms as multipliers again
+    ids = torch.from_numpy(eval_chunks(src.tokenizer(), "wiki", 1024).ids).long()
+    scorer = Scorer()
+    ref = torch.stack([torch.from_numpy(x) for x in
+                       (Gemma(src.spec, src)(ids[i:i + 1])[0].numpy() for i in range(len(ids)))])
+    for row, ours, r in zip(ids, _logits_loaded(Path(build.path), ids), ref):
+        scorer.add(ours, row, r)
+    expected = scorer.result()
+    assert build.ppl == pytest.approx(expected.ppl, rel=1e-4)
+    assert build.mean_kld == pytest.approx(expected.mean_kld, rel=1e-2, abs=1e-6)

@@ -1,8 +1,11 @@
 """Text configs of the four Gemma 4 releases, as the `text_config`
 of their Hugging Face config.json. Used to plan and size builds and to generate
-random checkpoints with the real shapes; weights always come from the user."""
+random checkpoints with the real shapes; weights always come from the user.
+`gemma3_config` goes the other way: a Gemma 3 ModelSpec (from a GGUF) as config.json."""
 
 from __future__ import annotations
+
+from quantkit.errors import UnsupportedModel
 
 S, F = "sliding_attention", "full_attention"
 
@@ -63,4 +66,31 @@ def release_config(name: str, n_layers: int | None = None) -> dict:
         "architectures": ["Gemma4ForConditionalGeneration"], "model_type": "gemma4", "text_config": text,
         "vision_config": {"model_type": "gemma4_vision"}, "audio_config": {"model_type": "gemma4_audio"},
         "tie_word_embeddings": True,
+    }
+
+
+def gemma3_config(spec) -> dict:
+    """config.json of a `Gemma3ForCausalLM` with `spec`'s architecture, as transformers 5 writes it: the inverse
+    of models.spec.spec_from_hf_config for Gemma 3 (a compressed-tensors build of a GGUF source needs one)."""
+    if spec.arch != "gemma3":
+        raise UnsupportedModel("a Hugging Face config can be made for Gemma 3 GGUF sources only; build Gemma 4 "
+                               "safetensors from its Hugging Face checkpoint")
+    first = spec.layers[0]
+    full = next((l for l in spec.layers if not l.sliding), first)
+    slide = next((l for l in spec.layers if l.sliding), first)
+    full_rope = {"rope_type": "linear", "factor": full.rope_scale} if full.rope_scale != 1 else {"rope_type": "default"}
+    qpas = round(spec.attn_scale ** -2, 6)
+    return {
+        "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "vocab_size": spec.vocab_size,
+        "hidden_size": spec.hidden_size, "intermediate_size": first.ffn_dim, "num_hidden_layers": spec.n_layers,
+        "num_attention_heads": spec.n_heads, "num_key_value_heads": first.n_kv_heads, "head_dim": first.head_dim,
+        "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": spec.context_length,
+        "rms_norm_eps": spec.rms_eps, "pad_token_id": 0, "eos_token_id": spec.eos_token_id,
+        "bos_token_id": spec.bos_token_id, "tie_word_embeddings": True,
+        "rope_parameters": {"full_attention": {**full_rope, "rope_theta": full.rope_theta},
+                            "sliding_attention": {"rope_type": "default", "rope_theta": slide.rope_theta}},
+        "attention_bias": False, "query_pre_attn_scalar": int(qpas) if qpas.is_integer() else qpas,
+        "sliding_window": spec.sliding_window, "layer_types": [S if l.sliding else F for l in spec.layers],
+        "final_logit_softcapping": spec.final_logit_softcap, "attn_logit_softcapping": None,
+        "dtype": "float32",
     }
