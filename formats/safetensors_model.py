@@ -142,6 +142,12 @@ def plan_safetensors(source: TensorSource, schemes: Mapping[str, IntScheme] | No
     return out
 
 
+def stored_dtype(source: TensorSource, canonical: str) -> str:
+    """The dtype a tensor has in the build, which its pack-quantized scales take too: the Hugging Face source's
+    own, F32 for a GGUF source (its dequantized values, exactly)."""
+    return source.infos[canonical].dtype if isinstance(source, HFSource) else "F32"
+
+
 def hf_config(source: TensorSource) -> dict:
     """The build's config.json before its quantization_config: the source's own, or one made from a GGUF's spec."""
     return dict(source.config) if isinstance(source, HFSource) else gemma3_config(source.spec)
@@ -152,7 +158,7 @@ def _stored_tensors(source: TensorSource) -> Iterator[tuple[str, str | None, Pat
     if not isinstance(source, HFSource):
         hf_config(source)  # refuses what cannot become a Hugging Face directory, before anything is read
         for canon, info in source.infos.items():
-            yield "model." + canon, canon, None, info.shape, "F32"
+            yield "model." + canon, canon, None, info.shape, stored_dtype(source, canon)
         return
     for file_name, shard in shard_map(source.path).items():
         canon = canonical_name(file_name)

@@ -14,7 +14,7 @@ import numpy as np
 
 from quantkit.calibration.capture import Checkpoint, LinearStats, capture
 from quantkit.calibration.embed_importance import table_importance
-from quantkit.formats import pack_quantized
+from quantkit.formats import pack_quantized, safetensors_model
 from quantkit.formats.source import TensorSource
 from quantkit.gptq import quantize_group_tensor, quantize_tensor
 from quantkit.kernels import fixed, group, registry
@@ -101,7 +101,7 @@ def gptq_int(source: TensorSource, schemes: dict, ids: np.ndarray, work: WorkDir
         s = schemes.get(n)
         if s is None:
             return None
-        dtype = pack_quantized.SCALE_DTYPE[source.infos[n].dtype]
+        dtype = pack_quantized.SCALE_DTYPE[safetensors_model.stored_dtype(source, n)]
         gq = quantize_group_tensor("gptq", reads.weight(n), s.bits, s.group_size, s.symmetric, st, scale_dtype=dtype)
         work.save_group(n, gq)
         return group.group_dequantize(gq)

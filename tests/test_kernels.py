@@ -19,13 +19,13 @@ from quantkit.errors import BadInput
 from quantkit.kernels import fp, group, registry
 
 QUANT_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
-               "IQ4_NL", "IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ3_XXS"]
+               "IQ4_NL", "IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S"]
 GGUF_ENCODABLE = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]
 # byte offsets of the fp16 scale fields inside one block (ggml-common.h)
 F16_FIELDS = {
     "Q8_0": [0], "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2],
     "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208],
-    "IQ4_NL": [0], "IQ4_XS": [0], "IQ2_XXS": [0], "IQ2_XS": [0], "IQ3_XXS": [0],
+    "IQ4_NL": [0], "IQ4_XS": [0], "IQ2_XXS": [0], "IQ2_XS": [0], "IQ2_S": [0], "IQ3_XXS": [0], "IQ3_S": [0],
 }
 
 
@@ -203,7 +203,7 @@ def test_encoder_matches_gguf_quantize(qname, weights, rng):
 # relative RMS error bound of a round trip on Gaussian data, per type
 RT_BOUND = {"Q8_0": 0.008, "Q6_K": 0.025, "Q5_0": 0.05, "Q5_1": 0.05, "Q5_K": 0.05, "Q4_0": 0.1,
             "Q4_1": 0.1, "Q4_K": 0.1, "IQ4_NL": 0.1, "IQ4_XS": 0.1, "Q3_K": 0.18,
-            "IQ3_XXS": 0.22, "Q2_K": 0.35, "IQ2_XS": 0.35, "IQ2_XXS": 0.4}
+            "IQ3_S": 0.17, "IQ3_XXS": 0.22, "IQ2_S": 0.3, "Q2_K": 0.35, "IQ2_XS": 0.35, "IQ2_XXS": 0.4}
 
 
 @pytest.mark.parametrize("qname", QUANT_TYPES)
@@ -230,7 +230,7 @@ def test_adversarial_blocks_stay_finite(qname, weights, importance):
 
 
 @pytest.mark.parametrize("qname", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
-                                   "IQ4_NL", "IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ3_XXS"])
+                                   "IQ4_NL", "IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S"])
 def test_importance_lowers_weighted_error(qname, rng):
     """With a strongly skewed imatrix, the weighted search must beat the unweighted one where it counts."""
     x = rng.standard_normal((64, 512)).astype(np.float32)
@@ -259,7 +259,7 @@ def test_encoders_are_row_independent(rng):
     """Parallel chunking must not leak state between blocks: quantizing a row alone gives the same bytes."""
     x = rng.standard_normal((9, 512)).astype(np.float32)
     imp = rng.uniform(0.1, 2, 512).astype(np.float32)
-    for qname in ["Q4_K", "Q3_K", "IQ4_XS", "IQ2_XS"]:
+    for qname in ["Q4_K", "Q3_K", "IQ4_XS", "IQ2_XS", "IQ2_S", "IQ3_S"]:
         full = registry.quantize(qname, x, importance=imp)
         for r in (0, 4, 8):
             assert np.array_equal(full[r], registry.quantize(qname, x[r:r + 1], importance=imp)[0])
@@ -283,14 +283,15 @@ def test_registry_sizes_match_gguf():
 
 
 def test_registry_needs_imatrix():
-    assert {n for n in registry.names() if registry.get(n).needs_imatrix} == {"IQ2_XXS", "IQ2_XS", "IQ3_XXS"}
+    assert {n for n in registry.names() if registry.get(n).needs_imatrix} == {"IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS",
+                                                                              "IQ3_S"}
 
 
 def test_fallback_table():
     # llama-quant.cpp tensor_type_fallback
     expect = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0",
               "IQ4_XS": "IQ4_NL", "IQ2_XXS": "IQ4_NL", "IQ2_XS": "IQ4_NL", "IQ3_XXS": "IQ4_NL",
-              "IQ2_S": "IQ4_NL", "IQ3_S": "IQ4_NL"}  # the last two: named by presets, not encodable
+              "IQ2_S": "IQ4_NL", "IQ3_S": "IQ4_NL"}
     for name, fb in expect.items():
         assert registry.fallback_type(name, 640) == fb
         assert registry.fallback_type(name, 512) == name

@@ -121,10 +121,10 @@ def _compress(*args):
 
 def test_compress_writes_the_mmproj_beside_the_build(checkpoints, tmp_path):
     d = checkpoints["e"]
-    run = _compress(d, "--type", "Q8_0", "--method", "rtn", "--tokens", "512", "--out", tmp_path)
+    run = _compress(d, "--bits", "2", "--calib-tokens", "1024", "--tokens", "512", "--out", tmp_path)
     assert run.exit_code == 0, run.output
     mm = tmp_path / f"mmproj-{d.name}-F16.gguf"
-    text = tmp_path / f"{d.name}-typeQ8_0-rtn.gguf"
+    text = tmp_path / f"{d.name}-bits2-gptq.gguf"
     assert mm.is_file() and text.is_file()
     line = f"on device: text {text.stat().st_size:,} + mmproj {mm.stat().st_size:,} = " \
            f"{text.stat().st_size + mm.stat().st_size:,} bytes"
@@ -139,7 +139,11 @@ def test_compress_writes_the_mmproj_beside_the_build(checkpoints, tmp_path):
                     "--out", tmp_path / "dry")
     assert dry.exit_code == 0 and not (tmp_path / "dry").exists()
     assert re.search(r"mmproj \(vision \+ audio, Q8_0\): \d+ tensors", dry.output)
-    assert f"on device: text {text.stat().st_size:,} + mmproj" in dry.output
+    wet = _compress(d, "--type", "Q8_0", "--method", "rtn", "--mmproj-type", "q8_0", "--tokens", "0",
+                    "--out", tmp_path / "wet")
+    sizes = [(tmp_path / "wet" / n).stat().st_size for n in (f"{d.name}-typeQ8_0-rtn.gguf", f"mmproj-{d.name}-Q8_0.gguf")]
+    assert f"on device: text {sizes[0]:,} + mmproj {sizes[1]:,} = {sum(sizes):,} bytes" in dry.output + wet.output
+    assert dry.output.count(f"on device: text {sizes[0]:,} + mmproj {sizes[1]:,}") == 1  # the dry run knew
 
 
 def test_no_mmproj_and_sources_without_towers_say_so(checkpoints, tmp_path):

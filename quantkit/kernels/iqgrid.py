@@ -1,4 +1,4 @@
-"""Lattice tables for IQ2_XXS, IQ2_XS and IQ3_XXS, built at first use.
+"""Lattice tables for IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS and IQ3_S, built at first use.
 
 The grids themselves come from gguf-py (``gguf.quants.IQ2_XXS`` etc.), which
 ships them packed for its dequantizers.  Each grid point is a group of 8 (IQ2)
@@ -11,9 +11,9 @@ The search tables are what ggml-quants.c ``iq2xs_init_impl`` /
 level vector ``u`` (2 bits per level for IQ2, 3 for IQ3) or -1 when ``u`` is not
 on the grid; for such ``u`` the neighbour list holds every grid point whose
 squared distance to ``u`` is among the ``nwant`` smallest distinct distances
-(nwant = 2 for these three types), ordered by (distance, grid index).  Only
-the ``u`` the encoders can reach (IQ2: levels 0..2; IQ3: levels 0..7) are
-filled in.
+(nwant = 2 for IQ2_XXS, IQ2_XS and IQ3_XXS, 1 for IQ2_S, 3 for IQ3_S with its
+512-point grid), ordered by (distance, grid index).  Only the ``u`` the
+encoders can reach (IQ2: levels 0..2; IQ3: levels 0..7) are filled in.
 """
 
 from __future__ import annotations
@@ -130,3 +130,13 @@ def iq2xs_grid() -> IQGrid:
 @functools.lru_cache(maxsize=None)
 def iq3xxs_grid() -> IQGrid:
     return _build(_gq.IQ3_XXS, bits=3, maxl=7, nwant=2)
+
+
+@functools.lru_cache(maxsize=None)
+def iq2s_grid() -> IQGrid:
+    return _build(_gq.IQ2_S, bits=2, maxl=2, nwant=1)  # iq2xs_init_impl(GGML_TYPE_IQ2_S): 1024 points
+
+
+@functools.lru_cache(maxsize=None)
+def iq3s_grid() -> IQGrid:
+    return _build(_gq.IQ3_S, bits=3, maxl=7, nwant=3)  # iq3xs_init_impl(512)

@@ -14,8 +14,7 @@ float32 per column (E[x^2] of that input channel).
 Fallbacks follow llama-quant.cpp ``tensor_type_fallback`` (``FALLBACK``, the one
 table of them): when the row length is not a multiple of the block size, the type
 becomes its fallback, and F16 when the fallback (or a 32-block type) still does
-not fit. The table also names the types llama.cpp's presets may choose that
-quantkit cannot encode (IQ2_S, IQ3_S), so the recipes resolve them the same way.
+not fit.
 """
 
 from __future__ import annotations
@@ -92,6 +91,8 @@ TYPES: dict[str, BlockType] = {
         _bt("IQ2_XXS", 256, 66, iquants.encode_iq2_xxs, iquants.decode_iq2_xxs, True),
         _bt("IQ2_XS", 256, 74, iquants.encode_iq2_xs, iquants.decode_iq2_xs, True),
         _bt("IQ3_XXS", 256, 98, iquants.encode_iq3_xxs, iquants.decode_iq3_xxs, True),
+        _bt("IQ2_S", 256, 82, iquants.encode_iq2_s, iquants.decode_iq2_s, True),
+        _bt("IQ3_S", 256, 110, iquants.encode_iq3_s, iquants.decode_iq3_s, True),
     ]
 }
 
