@@ -12,7 +12,8 @@ Format (tools/imatrix/imatrix.cpp `save_imatrix`, common/imatrix-loader.cpp `com
 Tensors are written in sorted name order. llama-quantize turns an entry into its importance with
 E[x^2] = in_sum2 / counts in float32 per matrix, and 1 for a matrix with count 0 (tools/quantize `load_imatrix`);
 `importance()` does the same. llama-imatrix records only `blk.*` weights (and `output.weight` with
---process-output), never the tied `token_embd.weight`; `write_imatrix` follows that unless `include_head`.
+--process-output), never the tied `token_embd.weight`; `from_stats` follows that unless `include_head`.
+`quantkit imatrix` (capture_imatrix) adds the lookup tables' own importance, with a count of 1.
 """
 
 from __future__ import annotations
@@ -115,10 +116,20 @@ def capture_imatrix(source, calib: str = "c4", calib_tokens: int = 128 * 512, ch
     `calib_tokens` of calibration text in chunks of `chunk_size`, as an Imatrix for llama-quantize."""
     from quantkit.calibration.capture import calibration_ids, capture
 
+    from quantkit.calibration.embed_importance import table_importance
+
     ids = calibration_ids(source.tokenizer(), calib, max(1, calib_tokens // chunk_size), chunk_size)
     source.check_finite(progress)
     result = capture(source.spec, source, ids, progress=progress)
-    return from_stats(result.stats, datasets=[calib], chunk_size=chunk_size)
+    imatrix = from_stats(result.stats, datasets=[calib], chunk_size=chunk_size)
+    # The lookup tables' importance, which llama-imatrix cannot measure (a table is read, not multiplied): stored
+    # as in_sum2 with a count of 1, so in_sum2 / counts is the importance itself. llama-quantize then weighs
+    # token_embd by it, and `compress --imatrix` uses it as quantkit's own capture would.
+    for canon, imp in table_importance(source.spec, result, source).items():
+        g = names.to_gguf(canon)
+        imatrix.sums[g] = np.asarray(imp, np.float32).reshape(1, -1)
+        imatrix.counts[g] = np.ones(1, np.int64)
+    return imatrix
 
 
 def for_model(imatrix: Imatrix, table, path: Path) -> dict[str, LinearStats]:

@@ -150,7 +150,8 @@ def test_imatrix_command_feeds_llama_quantize(f32_270m, weights, tmp_path):
     r = subprocess.run([sys.executable, "-m", "quantkit", "imatrix", str(f32_270m), "--calib-tokens", "1024",
                         "--out", str(path), "--threads", "2"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith(f"wrote {path}: 126 matrices, 2 chunks of 512 tokens of c4"), r.stdout
+    # 126 decoder matrices and the tied token_embd's lookup importance, which llama-imatrix cannot measure
+    assert r.stdout.startswith(f"wrote {path}: 127 matrices, 2 chunks of 512 tokens of c4"), r.stdout
     out = llama_quantize_cli(f32_270m, tmp_path / "iq2.gguf", "IQ2_XXS", imatrix=path, pure=True,
                              token_embedding_type="q8_0")
     stats = read_imatrix(path).stats()
@@ -159,6 +160,23 @@ def test_imatrix_command_feeds_llama_quantize(f32_270m, weights, tmp_path):
     assert tensors[g].tensor_type.name == "IQ2_XXS"
     ours = quantize_tensor("imatrix", weights[g], "IQ2_XXS", stats[names.from_gguf(g)]).data
     np.testing.assert_array_equal(ours.reshape(-1), np.asarray(tensors[g].data).reshape(-1), err_msg=g)
+
+
+def test_compress_with_quantkits_imatrix_file_is_compress_without_it(f32_270m, tmp_path):
+    """`quantkit imatrix` then `compress --method imatrix --imatrix FILE` builds exactly what `compress --method
+    imatrix` builds from its own capture of the same tokens: the file carries the tables' importance too."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "q.imatrix.gguf"
+    r = subprocess.run([sys.executable, "-m", "quantkit", "imatrix", str(f32_270m), "--calib-tokens", "1024",
+                        "--out", str(path), "--threads", "2"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    with_file = _compress(f32_270m, "--like", "Q4_K_M", "--method", "imatrix", "--imatrix", path, tmp_path / "a")
+    without = _compress(f32_270m, "--like", "Q4_K_M", "--method", "imatrix", "--calib-tokens", "1024", tmp_path / "b")
+    n = _same_tensors(with_file, without)
+    print(f"\n--like Q4_K_M --method imatrix: with `quantkit imatrix`'s file and without it, {n} tensors "
+          "byte-identical")
 
 
 def _compress(*args: object) -> Path:
