@@ -4,7 +4,8 @@
 
 The rules are llama.cpp's (src/llama-quant.cpp): `tensor_allows_quantization` decides which tensors are quantized
 at all (the tensor table's `llama_quantizes`), `llama_tensor_get_type_impl` picks a type from the tensor's category,
-the preset (ftype) and the position of the tensor among the model's attn_v / ffn_down tensors, and
+the preset (ftype) and the position of the tensor among the model's attn_v / ffn_down / ffn_gate / ffn_up
+tensors (or, with experts, its layer number), and
 `tensor_type_fallback` (registry.fallback_type) demotes types whose block does not divide the row length.
 llama.cpp walks the tensors sorted by (layer number, name) with non-layer tensors first,
 counting attn_v tensors as it goes; `_order` reproduces that walk.
@@ -31,11 +32,17 @@ PRESETS: dict[str, str] = {
     "Q2_K": "Q2_K", "Q2_K_S": "Q2_K",
     "Q3_K_S": "Q3_K", "Q3_K_M": "Q3_K", "Q3_K_L": "Q3_K",
     "Q4_K_S": "Q4_K", "Q4_K_M": "Q4_K", "Q5_K_S": "Q5_K", "Q5_K_M": "Q5_K", "Q6_K": "Q6_K",
-    "IQ2_XXS": "IQ2_XXS", "IQ2_XS": "IQ2_XS", "IQ3_XXS": "IQ3_XXS", "IQ4_NL": "IQ4_NL", "IQ4_XS": "IQ4_XS",
+    "IQ2_XXS": "IQ2_XXS", "IQ2_XS": "IQ2_XS", "IQ2_S": "IQ2_XS", "IQ2_M": "IQ2_S",
+    "IQ3_XXS": "IQ3_XXS", "IQ3_XS": "IQ3_S", "IQ3_S": "IQ3_S", "IQ3_M": "IQ3_S",
+    "IQ4_NL": "IQ4_NL", "IQ4_XS": "IQ4_XS",
 }
-# ftypes whose tied output / token embedding goes to Q5_K instead of Q6_K (only those quantkit offers are listed)
-_LOW_OUTPUT = ("IQ2_XXS", "IQ2_XS", "IQ3_XXS")
-_IQ2 = ("IQ2_XXS", "IQ2_XS")
+# ftypes whose tied output / token embedding goes to Q5_K instead of Q6_K (only those quantkit offers are listed;
+# IQ1_S / IQ1_M are not)
+_LOW_OUTPUT = ("IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ2_S", "IQ2_M")
+# ftypes of llama.cpp's low-bit branch (with IQ1_S / IQ1_M, not offered)
+_IQ2 = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M")
+# of those, the ones that take IQ3_S (instead of Q2_K) for attn_v, the first ffn_down tensors and attn_output
+_IQ2_SM = ("IQ2_S", "IQ2_M")
 
 
 def category(gguf_name: str) -> str:
@@ -76,6 +83,8 @@ class _State:
     has_imatrix: bool
     i_attn_v: int = 0
     i_ffn_down: int = 0
+    i_ffn_gate: int = 0
+    i_ffn_up: int = 0
 
 
 def _choose(s: _State, ftype: str, t: str, name: str, cat: str, cols: int) -> str:
@@ -88,19 +97,24 @@ def _choose(s: _State, ftype: str, t: str, name: str, cat: str, cols: int) -> st
             return "Q5_K"
         return t if t == "Q8_0" else "Q6_K"
     if cat == "token_embd":  # untied token embedding
-        return "Q2_K" if ftype in _IQ2 else "IQ3_S" if ftype == "IQ3_XXS" else t
+        return "IQ3_S" if ftype in _IQ2_SM + ("IQ3_XXS",) else "Q2_K" if ftype in _IQ2 else t
     if ftype in _IQ2:
+        low = "IQ3_S" if ftype in _IQ2_SM else "Q2_K"
         if cat == "attn_v":
-            t = "Q4_K" if s.n_gqa >= 4 or s.n_expert >= 4 else "Q2_K"
+            t = "Q4_K" if s.n_gqa >= 4 or s.n_expert >= 4 else low
             s.i_attn_v += 1
         elif s.n_expert == 8 and cat == "attn_k":
             t = "Q4_K"
         elif cat == "ffn_down":
+            # the ffn_down tensor count (experts' too), not the layer number, even with experts
             if s.i_ffn_down < s.n_layer // 8:
-                t = "Q2_K"
+                t = low
             s.i_ffn_down += 1
-        elif cat == "attn_output" and s.n_expert == 8:
-            t = "Q5_K"
+        elif cat == "attn_output":
+            if s.n_expert == 8:
+                t = "Q5_K"
+            elif ftype in _IQ2_SM:
+                t = "IQ3_S"
         return t
     if cat == "attn_v":
         if ftype == "Q2_K":
@@ -109,6 +123,10 @@ def _choose(s: _State, ftype: str, t: str, name: str, cat: str, cols: int) -> st
             t = "Q4_K"
         elif ftype == "IQ3_XXS":
             t = "Q4_K" if s.n_gqa >= 4 else "IQ3_XXS" if s.has_imatrix else "IQ3_S"
+        elif ftype in ("IQ3_XS", "IQ3_S") and s.n_gqa >= 4:
+            t = "Q4_K"
+        elif ftype == "IQ3_M":
+            t = "Q4_K"
         elif ftype == "Q3_K_M":
             t = "Q5_K" if s.i_attn_v < 2 else "Q4_K"
         elif ftype == "Q3_K_L":
@@ -125,10 +143,14 @@ def _choose(s: _State, ftype: str, t: str, name: str, cat: str, cols: int) -> st
     elif cat == "attn_k":
         if s.n_expert == 8:
             t = "Q8_0"
+        elif ftype == "IQ3_XS":
+            t = "IQ3_XXS"
         elif ftype == "IQ3_XXS":
             t = "IQ2_S"
     elif cat == "attn_q":
-        if ftype == "IQ3_XXS":
+        if ftype == "IQ3_XS":
+            t = "IQ3_XXS"
+        elif ftype == "IQ3_XXS":
             t = "IQ2_S"
     elif cat == "ffn_down":
         # with experts llama.cpp reads the layer from the name; otherwise it counts ffn_down tensors
@@ -143,6 +165,8 @@ def _choose(s: _State, ftype: str, t: str, name: str, cat: str, cols: int) -> st
             t = "Q4_K" if i < n // 8 else "Q3_K"
         elif ftype == "Q3_K_M":
             t = "Q5_K" if i < n // 16 else "Q4_K"  # (the Q3_K arm is Falcon-only)
+        elif ftype == "IQ3_M" and (i < n // 8 or (s.n_expert == 8 and use_more_bits(i, n))):
+            t = "Q4_K"
         elif ftype == "Q3_K_L":
             t = "Q5_K"
         elif ftype == "Q4_K_M":
@@ -159,7 +183,8 @@ def _choose(s: _State, ftype: str, t: str, name: str, cat: str, cols: int) -> st
         s.i_ffn_down += 1
     elif cat == "attn_output":
         if s.n_expert == 8:
-            if ftype in ("Q2_K", "IQ3_XXS", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M", "IQ4_XS"):
+            if ftype in ("Q2_K", "IQ3_XS", "IQ3_XXS", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M", "IQ3_S",
+                         "IQ3_M", "IQ4_XS"):
                 t = "Q5_K"
         elif ftype == "Q2_K":
             t = "Q3_K"
@@ -169,6 +194,20 @@ def _choose(s: _State, ftype: str, t: str, name: str, cat: str, cols: int) -> st
             t = "Q4_K"
         elif ftype == "Q3_K_L":
             t = "Q5_K"
+        elif ftype == "IQ3_M":
+            t = "Q4_K"
+    elif cat in ("ffn_gate", "ffn_up"):
+        # IQ3_XS: the middle layers' gate / up at IQ3_XXS. The position is the layer number with experts, else a
+        # count of this category's tensors (each has its own counter)
+        count = s.i_ffn_gate if cat == "ffn_gate" else s.i_ffn_up
+        i = _layer(name) if s.n_expert > 1 else count
+        n = s.n_layer
+        if ftype == "IQ3_XS" and n // 8 <= i < 7 * n // 8:
+            t = "IQ3_XXS"
+        if cat == "ffn_gate":
+            s.i_ffn_gate += 1
+        else:
+            s.i_ffn_up += 1
     return t
 
 
@@ -178,8 +217,9 @@ def like(preset: str, spec: ModelSpec, table: TensorTable, has_imatrix: bool = F
 
     `has_imatrix`: whether an importance matrix is given (changes attn_v / ffn_down for some presets, as in
     llama.cpp). `manual`: the user's types (quantkit.overrides), which llama.cpp takes instead of its rules, so
-    those tensors do not advance the rules' attn_v / ffn_down counters either. Tensors llama.cpp does not quantize keep their float storage type (F32 if the source's is not a
-    float type). Types quantkit cannot encode (IQ3_S, IQ2_S) may appear for IQ3_XXS.
+    those tensors do not advance the rules' attn_v / ffn_down / ffn_gate / ffn_up counters either. Tensors
+    llama.cpp does not quantize keep their float storage type (F32 if the source's is not a float type). Every type
+    the offered presets pick (IQ2_S and IQ3_S included) is one quantkit encodes.
     """
     key = preset.upper()
     if key not in PRESETS:

@@ -220,7 +220,7 @@ def test_table_importance_predicts_output_sensitivity(table):
 
 def test_imatrix_command_writes_llama_cpp_imatrix(tmp_path):
     """`quantkit imatrix MODEL --out FILE`: every linear weight of the decoder under its llama.cpp name, with the
-    token count of the calibration set (the sums are the capture's, which test_capture_matches_brute_force checks
+    token count of the calibration set, and token_embd with the lookup table's importance (the sums are the capture's, which test_capture_matches_brute_force checks
     against a brute-force forward and the integration tier against llama-imatrix)."""
     from click.testing import CliRunner
 
@@ -244,6 +244,6 @@ def test_imatrix_command_writes_llama_cpp_imatrix(tmp_path):
     imat = read_imatrix(out)
     src = HFSource(d)
     linears = {names.to_gguf(n) for n, i in src.infos.items() if len(i.shape) == 2 and n != "embed_tokens.weight"}
-    assert set(imat.sums) == linears
-    assert all(int(c[0]) == 1024 for c in imat.counts.values())
+    assert set(imat.sums) == linears | {"token_embd.weight"}  # and the lookup table's importance, count 1
+    assert all(int(imat.counts[g][0]) == 1024 for g in linears) and int(imat.counts["token_embd.weight"][0]) == 1
     assert imat.datasets == [str(calib)] and imat.chunk_size == 512 and imat.chunk_count == 2

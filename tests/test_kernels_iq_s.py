@@ -189,7 +189,7 @@ def test_round_trip_shape_and_finite(qname, effort, rng):
     assert rel < {"IQ2_S": 0.3, "IQ3_S": 0.17}[qname] * (1.15 if effort == "fast" else 1.0)
 
 
-@pytest.mark.parametrize("qname", TYPES)
+@pytest.mark.parametrize("qname", ["IQ2_S"])  # IQ3_S, as in llama.cpp, also quantizes without importance
 def test_encoder_refuses_missing_importance(qname, rng):
     x = rng.standard_normal((2, 256)).astype(np.float32)
     assert registry.get(qname).needs_imatrix

@@ -118,3 +118,129 @@ def test_unknown_preset():
     spec, infos = spec_infos()
     with pytest.raises(BadOption):
         like("Q7_K", spec, infos)
+
+
+MIDDLE = set(range(N // 8, 7 * N // 8))  # IQ3_XS's IQ3_XXS gate / up layers: n/8 <= i < 7n/8 = 2..13
+
+
+def moe_infos(n_experts, n_kv=1):
+    """A Gemma 4 MoE layout (dense MLP beside the experts in every layer), N layers, from models.spec's shapes."""
+    from quantkit.models.spec import tensor_shapes
+
+    layers = tuple(LayerSpec(sliding=True, head_dim=256, n_kv_heads=n_kv, ffn_dim=1024, rope_theta=1e4)
+                   for _ in range(N))
+    spec = ModelSpec(arch="gemma4", vocab_size=1024, hidden_size=512, n_heads=4, layers=layers, n_experts=n_experts,
+                     top_k=2, expert_ffn_dim=256)
+    infos = {n: TensorInfo(n, s, "F32" if len(s) == 1 else "BF16", 0, n) for n, s in tensor_shapes(spec).items()}
+    return spec, TensorTable.from_infos(infos)
+
+
+def test_iq2_s_and_iq2_m():
+    """IQ2_S (default IQ2_XS) and IQ2_M (default IQ2_S) take llama.cpp's IQ1/IQ2 branch, with IQ3_S where IQ2_XXS /
+    IQ2_XS take Q2_K: attn_v at n_gqa < 4, the first n/8 ffn_down tensors, and attn_output."""
+    spec, infos = spec_infos()  # n_gqa = 4
+    spec2, infos2 = spec_infos(n_kv=2)  # n_gqa = 2
+    for preset, default in (("IQ2_S", "IQ2_XS"), ("IQ2_M", "IQ2_S")):
+        plan = like(preset, spec, infos, has_imatrix=True)
+        assert plan["embed_tokens.weight"] == "Q5_K" and plan["embed_tokens_per_layer.weight"] == "Q5_K"
+        assert set(layer_types(plan, "self_attn.v_proj.weight")) == {"Q4_K"}
+        assert layer_types(plan, "mlp.down_proj.weight") == ["IQ3_S"] * 2 + [default] * (N - 2)
+        assert set(layer_types(plan, "self_attn.o_proj.weight")) == {"IQ3_S"}
+        for suffix in ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "mlp.gate_proj.weight",
+                       "mlp.up_proj.weight"):
+            assert set(layer_types(plan, suffix)) == {default}, suffix
+        assert plan["layers.0.per_layer_input_gate.weight"] == default
+        assert set(layer_types(like(preset, spec2, infos2, has_imatrix=True), "self_attn.v_proj.weight")) == {"IQ3_S"}
+        # the imatrix changes nothing in these rules
+        assert like(preset, spec, infos) == plan
+    # IQ2_XXS keeps Q2_K there
+    plan = like("IQ2_XXS", spec2, infos2, has_imatrix=True)
+    assert set(layer_types(plan, "self_attn.v_proj.weight")) == {"Q2_K"}
+    assert set(layer_types(plan, "self_attn.o_proj.weight")) == {"IQ2_XXS"}
+
+
+def test_iq3_xs_iq3_s_iq3_m():
+    spec, infos = spec_infos()  # n_gqa = 4
+    spec2, infos2 = spec_infos(n_kv=2)  # n_gqa = 2
+    for preset in ("IQ3_XS", "IQ3_S", "IQ3_M"):
+        plan = like(preset, spec, infos)
+        # default IQ3_S; the tied embeddings take Q6_K (not one of the Q5_K presets)
+        assert plan["embed_tokens.weight"] == "Q6_K" and plan["embed_tokens_per_layer.weight"] == "Q6_K"
+        assert set(layer_types(plan, "self_attn.v_proj.weight")) == {"Q4_K"}
+        assert plan["layers.0.per_layer_input_gate.weight"] == "IQ3_S"
+        assert like(preset, spec, infos, has_imatrix=True) == plan
+    # attn_v: Q4_K at n_gqa >= 4 for IQ3_XS / IQ3_S, always for IQ3_M
+    assert set(layer_types(like("IQ3_XS", spec2, infos2), "self_attn.v_proj.weight")) == {"IQ3_S"}
+    assert set(layer_types(like("IQ3_S", spec2, infos2), "self_attn.v_proj.weight")) == {"IQ3_S"}
+    assert set(layer_types(like("IQ3_M", spec2, infos2), "self_attn.v_proj.weight")) == {"Q4_K"}
+
+    plan = like("IQ3_XS", spec, infos)
+    assert set(layer_types(plan, "self_attn.q_proj.weight")) == {"IQ3_XXS"}
+    assert set(layer_types(plan, "self_attn.k_proj.weight")) == {"IQ3_XXS"}
+    for suffix in ("mlp.gate_proj.weight", "mlp.up_proj.weight"):
+        assert layer_types(plan, suffix) == ["IQ3_XXS" if i in MIDDLE else "IQ3_S" for i in range(N)], suffix
+    assert set(layer_types(plan, "mlp.down_proj.weight")) == {"IQ3_S"}
+    assert set(layer_types(plan, "self_attn.o_proj.weight")) == {"IQ3_S"}
+
+    plan = like("IQ3_S", spec, infos)
+    for suffix in ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.o_proj.weight",
+                   "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"):
+        assert set(layer_types(plan, suffix)) == {"IQ3_S"}, suffix
+
+    plan = like("IQ3_M", spec, infos)
+    assert layer_types(plan, "mlp.down_proj.weight") == ["Q4_K"] * 2 + ["IQ3_S"] * (N - 2)
+    assert set(layer_types(plan, "self_attn.o_proj.weight")) == {"Q4_K"}
+    for suffix in ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight"):
+        assert set(layer_types(plan, suffix)) == {"IQ3_S"}, suffix
+
+
+def test_iq3_xs_gate_up_counters_skip_overridden_tensors():
+    """Dense models: IQ3_XS places gate / up by a count of the tensors the rules saw (one counter each), so a
+    user-typed ffn_gate shifts the later gate tensors but not the up ones."""
+    spec, infos = spec_infos()
+    plan = like("IQ3_XS", spec, infos, manual={"layers.0.mlp.gate_proj.weight": "Q8_0"})
+    gate = layer_types(plan, "mlp.gate_proj.weight")
+    assert gate[0] == "Q8_0"
+    assert gate[1:] == ["IQ3_XXS" if k in MIDDLE else "IQ3_S" for k in range(N - 1)]
+    assert layer_types(plan, "mlp.up_proj.weight") == ["IQ3_XXS" if i in MIDDLE else "IQ3_S" for i in range(N)]
+
+
+def test_new_iq_presets_with_experts():
+    spec, infos = moe_infos(4, n_kv=2)  # n_gqa = 2, 4 experts
+    plan = like("IQ2_S", spec, infos, has_imatrix=True)
+    assert set(layer_types(plan, "self_attn.v_proj.weight")) == {"Q4_K"}  # n_expert >= 4
+    # the IQ2 branch counts ffn_down tensors, dense and experts' alike: n/8 = 2 tensors, both in layer 0
+    assert layer_types(plan, "mlp.down_proj.weight") == ["IQ3_S"] + ["IQ2_XS"] * (N - 1)
+    assert layer_types(plan, "experts.down_proj") == ["IQ3_S"] + ["IQ2_XS"] * (N - 1)
+    assert plan["layers.0.router.proj.weight"] == "BF16"  # ffn_gate_inp: never quantized (its storage type)
+    # IQ3_XS with experts: gate / up (and the experts' gate_up, an ffn_gate tensor) by layer number
+    plan = like("IQ3_XS", spec, infos)
+    for suffix in ("mlp.gate_proj.weight", "mlp.up_proj.weight", "experts.gate_up_proj"):
+        assert layer_types(plan, suffix) == ["IQ3_XXS" if i in MIDDLE else "IQ3_S" for i in range(N)], suffix
+    assert set(layer_types(plan, "experts.down_proj")) == {"IQ3_S"}
+    assert set(layer_types(plan, "self_attn.o_proj.weight")) == {"IQ3_S"}
+    # 8 experts: attn_v / attn_k Q8_0, attn_output Q5_K, IQ3_M's ffn_down Q4_K where use_more_bits
+    spec8, infos8 = moe_infos(8)
+    for preset in ("IQ3_XS", "IQ3_S", "IQ3_M"):
+        plan = like(preset, spec8, infos8)
+        assert set(layer_types(plan, "self_attn.v_proj.weight")) == {"Q8_0"}
+        assert set(layer_types(plan, "self_attn.k_proj.weight")) == {"Q8_0"}
+        assert set(layer_types(plan, "self_attn.o_proj.weight")) == {"Q5_K"}
+    plan = like("IQ3_M", spec8, infos8)
+    for suffix in ("mlp.down_proj.weight", "experts.down_proj"):
+        assert layer_types(plan, suffix) == ["Q4_K" if i in MORE_BITS else "IQ3_S" for i in range(N)], suffix
+    plan = like("IQ2_M", spec8, infos8, has_imatrix=True)
+    assert set(layer_types(plan, "self_attn.k_proj.weight")) == {"Q4_K"}
+    assert set(layer_types(plan, "self_attn.o_proj.weight")) == {"Q5_K"}
+
+
+def test_new_iq_presets_fall_back_on_640_wide_rows():
+    """Gemma 3 270M-like 640-wide rows: the 256-block IQ types fall back to IQ4_NL, Q4_K to Q5_0, and the tied
+    embedding to Q8_0 (what the integration test sees on the real 270M)."""
+    spec, infos = spec_infos(hidden=640, ple=0)
+    for preset in ("IQ2_S", "IQ2_M", "IQ3_XS", "IQ3_S", "IQ3_M"):
+        plan = like(preset, spec, infos, has_imatrix=True)
+        assert plan["embed_tokens.weight"] == "Q8_0"
+        assert plan["layers.5.self_attn.q_proj.weight"] == "IQ4_NL"
+        assert plan["layers.5.mlp.up_proj.weight"] == "IQ4_NL"
+        assert plan["layers.5.self_attn.v_proj.weight"] == "Q5_0"

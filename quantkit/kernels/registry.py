@@ -92,7 +92,7 @@ TYPES: dict[str, BlockType] = {
         _bt("IQ2_XS", 256, 74, iquants.encode_iq2_xs, iquants.decode_iq2_xs, True),
         _bt("IQ3_XXS", 256, 98, iquants.encode_iq3_xxs, iquants.decode_iq3_xxs, True),
         _bt("IQ2_S", 256, 82, iquants.encode_iq2_s, iquants.decode_iq2_s, True),
-        _bt("IQ3_S", 256, 110, iquants.encode_iq3_s, iquants.decode_iq3_s, True),
+        _bt("IQ3_S", 256, 110, iquants.encode_iq3_s, iquants.decode_iq3_s),  # llama.cpp: no imatrix required
     ]
 }
 
