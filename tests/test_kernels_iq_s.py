@@ -202,16 +202,21 @@ def test_encoder_refuses_missing_importance(qname, rng):
         assert iquants.encode_iq3_s(x).shape == (2, 110)
 
 
+def _late_and_early(qname: str, rng) -> tuple[np.ndarray, np.ndarray]:
+    """One block holding the same 128 random weights in its second half (late) and in its first (early), the
+    rest zeros, encoded with flat importance."""
+    v = rng.standard_normal(128).astype(np.float32)
+    z = np.zeros(128, np.float32)
+    imp = np.ones(256, np.float32)
+    return (registry.quantize(qname, np.concatenate([z, v])[None], importance=imp),
+            registry.quantize(qname, np.concatenate([v, z])[None], importance=imp))
+
+
 def test_iq3_s_zero_groups_shift_points_and_signs_forward(rng):
     """quantize_row_iq3_s_impl advances its qs / signs pointers only past groups of 32 that are not all
     zero: four zero groups then four data groups store the data groups' points and signs where the same
     data placed first would have them; qh and the scales stay at the groups' own positions."""
-    v = rng.standard_normal(128).astype(np.float32)
-    late = np.concatenate([np.zeros(128, np.float32), v])[None]
-    early = np.concatenate([v, np.zeros(128, np.float32)])[None]
-    imp = np.ones(256, np.float32)
-    a = registry.quantize("IQ3_S", late, importance=imp)
-    b = registry.quantize("IQ3_S", early, importance=imp)
+    a, b = _late_and_early("IQ3_S", rng)
     assert np.array_equal(a[0, :2], b[0, :2])  # same d
     assert np.array_equal(_field(a, "IQ3_S", "qs"), _field(b, "IQ3_S", "qs"))
     assert np.all(_field(b, "IQ3_S", "qs")[0, 0, 32:] == 0)
@@ -227,12 +232,7 @@ def test_iq3_s_zero_groups_shift_points_and_signs_forward(rng):
 def test_iq2_s_groups_are_independent_of_their_position(rng):
     """IQ2_S indexes every field by group (no pointer shift): the same data in the other half of the block
     gives the same points and signs at the other positions."""
-    v = rng.standard_normal(128).astype(np.float32)
-    late = np.concatenate([np.zeros(128, np.float32), v])[None]
-    early = np.concatenate([v, np.zeros(128, np.float32)])[None]
-    imp = np.ones(256, np.float32)
-    a = registry.quantize("IQ2_S", late, importance=imp)
-    b = registry.quantize("IQ2_S", early, importance=imp)
+    a, b = _late_and_early("IQ2_S", rng)
     assert np.array_equal(_field(a, "IQ2_S", "qs")[0, 0, 16:], _field(b, "IQ2_S", "qs")[0, 0, :16])
     assert np.array_equal(_field(a, "IQ2_S", "signs")[0, 0, 16:], _field(b, "IQ2_S", "signs")[0, 0, :16])
     assert np.array_equal(_field(a, "IQ2_S", "scales")[0, 0, 4:], _field(b, "IQ2_S", "scales")[0, 0, :4])
