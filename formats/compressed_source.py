@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from quantkit.errors import BadConfig, BadFile
-from quantkit.formats.hf_source import RAW_DTYPES, HFSource, canonical_name
+from quantkit.formats.hf_source import RAW_DTYPES, HFSource, canonical_name, float32
 from quantkit.formats.pack_quantized import (BITS, CT_FORMAT, SCALE_DTYPE, IntScheme, config_group, stored_values,
                                              unpack_int32)
 from quantkit.formats.source import TensorInfo
@@ -127,8 +127,7 @@ class PackQuantizedSource(HFSource):
         (s, scale_dtype), parts = self._schemes[info.name], self._parts[info.name]
         packed = self._pread_raw(parts["weight_packed"][1], parts["weight_packed"][0], start, stop)
         raw_scale = self._pread_raw(parts["weight_scale"][1], parts["weight_scale"][0], start, stop)
-        scales = (raw_scale.astype(np.uint32) << 16).view(np.float32) if scale_dtype == "BF16" \
-            else raw_scale.astype(np.float32)
+        scales = float32(raw_scale)
         zps = None
         if not s.symmetric:
             name, shard = parts["weight_zero_point"]

@@ -151,13 +151,13 @@ class HFSource(TensorSource):
         if dtype not in DTYPES:
             raise BadFile(f"{shard}: tensor {file_name!r} has dtype {dtype}; expected BF16, F16 or F32")
         a = self._pread_raw(shard, file_name, 0, shape[0] if shape else 1)
-        return _float32(a)
+        return float32(a)
 
     def _pread(self, info: TensorInfo, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) as float32, read with pread rather than through an mmap: pages of a mapped
         multi-GB checkpoint would count towards the process's resident memory as the run touches them."""
         a = self._pread_raw(self._file_names[info.name], info.file_name, start, stop, info.shape)
-        return _float32(a)
+        return float32(a)
 
     def _pread_raw(self, shard: Path, file_name: str, start: int, stop: int, shape=None) -> np.ndarray:
         """Rows [start, stop) of a tensor as stored (BF16 as uint16), checked against the shape it had when the
@@ -209,6 +209,6 @@ def canonical_name(file_name: str) -> str | None:
     return None
 
 
-def _float32(a: np.ndarray) -> np.ndarray:
+def float32(a: np.ndarray) -> np.ndarray:
     """Stored floats as float32; bfloat16 (read as uint16) is the top half of a float32."""
     return (a.astype(np.uint32) << 16).view(np.float32) if a.dtype == np.uint16 else a.astype(np.float32)
