@@ -96,7 +96,12 @@ def file_type(plan: list[FileTensor]) -> int:
     quant = {t: n for t, n in counts.items() if t not in registry.FLOATS}
     pool = quant or counts
     top = max(sorted(pool), key=pool.get) if pool else "F32"
-    return int(LlamaFileType[FILE_TYPE[top]])
+    return file_type_of(top)
+
+
+def file_type_of(type_name: str) -> int:
+    """general.file_type of a file whose main type is `type_name` (the llama_ftype it is the default type of)."""
+    return int(LlamaFileType[FILE_TYPE[type_name]])
 
 
 def write_gguf(

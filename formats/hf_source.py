@@ -144,10 +144,16 @@ class HFSource(TensorSource):
             a = a + np.float32(1.0)  # Gemma 3 computes x * (1 + w); store the effective multiplier
         return a
 
+    def stored(self, file_name: str) -> tuple[tuple[int, ...], str]:
+        """(shape, safetensors dtype) of any tensor of the checkpoint by its file name, towers included, from its
+        shard's header, as safetensors reads it."""
+        sl = self._slice(self.file_shards[file_name], file_name)
+        return tuple(int(d) for d in sl.get_shape()), sl.get_dtype()
+
     def read_stored(self, file_name: str) -> np.ndarray:
         """Any tensor of the checkpoint by its file name (a tower's too), whole, as float32 in its stored shape."""
         shard = self.file_shards[file_name]
-        dtype, shape, _ = self._layout(shard)[1][file_name]
+        shape, dtype = self.stored(file_name)
         if dtype not in DTYPES:
             raise BadFile(f"{shard}: tensor {file_name!r} has dtype {dtype}; expected BF16, F16 or F32")
         a = self._pread_raw(shard, file_name, 0, shape[0] if shape else 1)

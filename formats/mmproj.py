@@ -42,7 +42,6 @@ from quantkit.formats.gguf_writer import TensorEntry, Value
 from quantkit.kernels import registry
 
 MMPROJ_TYPES = ("F16", "BF16", "F32", "Q8_0")
-FILE_TYPE = {"F32": 0, "F16": 1, "Q8_0": 7, "BF16": 32}  # llama_ftype, general.file_type
 NAME_SUFFIXES = (".weight", ".bias", ".input_max", ".input_min", ".output_max", ".output_min")
 IMAGE_SIZE = 224  # written because clip.cpp reads the key; gemma4v sizes images itself
 DEFAULT_EPS = 1e-6
@@ -111,7 +110,7 @@ def write_mmproj(source, path: Path, plan: MmprojPlan, progress: bool = False) -
 
     def encode(entry: TensorEntry) -> np.ndarray:
         t = by_name[entry.name]
-        a = _transformed(source.read_stored(t.source), t.transform).reshape(entry.shape)
+        a = _transformed(source.read_stored(t.source), t.transform, entry.shape)
         # ±Inf is a value here (a clipped linear's open bound); NaN is refused in every type
         if np.isnan(a).any():
             raise BadFile(f"{source.file_shards[t.source]}: tensor {t.source!r} holds NaN")
@@ -131,7 +130,7 @@ def _tensors(source, type_name: str, n_blocks: int) -> list[MmTensor]:
     for name, shard in source.file_shards.items():
         if "language_model." in name:
             continue
-        shape, dtype = _stored(source, shard, name)
+        shape, _ = source.stored(name)
         audio = "audio_tower" in name or "embed_audio" in name
         hf_name, transform = _renamed(name, audio)
         new = names.get_name(hf_name, try_suffixes=NAME_SUFFIXES)
@@ -151,11 +150,6 @@ def _tensors(source, type_name: str, n_blocks: int) -> list[MmTensor]:
     if not out:
         raise BadFile(f"{source.path}: config.json has a vision_config but the checkpoint holds no tower tensors")
     return out
-
-
-def _stored(source, shard: Path, name: str) -> tuple[tuple[int, ...], str]:
-    sl = source._slice(shard, name)
-    return tuple(int(d) for d in sl.get_shape()), sl.get_dtype()
 
 
 def _renamed(name: str, audio: bool) -> tuple[str, str | None]:
@@ -190,17 +184,17 @@ def _type(name: str, new: str, shape: tuple[int, ...], audio: bool, type_name: s
     return type_name
 
 
-def _transformed(a: np.ndarray, transform: str | None) -> np.ndarray:
+def _transformed(a: np.ndarray, transform: str | None, shape: tuple[int, ...]) -> np.ndarray:
+    """The stored values as the mmproj holds them, in its (planned) `shape`; the depthwise conv's squeeze and
+    the scalars' 1-D form are plain reshapes."""
     if transform == "softplus":  # torch's, as the converter computes it, in float32
         import torch
 
-        return torch.nn.functional.softplus(torch.from_numpy(np.ascontiguousarray(a))).numpy()
-    if transform == "depthwise":
-        return a.reshape(a.shape[0], a.shape[2])
+        a = torch.nn.functional.softplus(torch.from_numpy(np.ascontiguousarray(a))).numpy()
     if transform == "patch":  # [n_embd, p·p·3] (HWC) -> [n_embd, 3, p, p]
-        p = round((a.shape[1] // 3) ** 0.5)
-        return np.ascontiguousarray(a.reshape(a.shape[0], p, p, 3).transpose(0, 3, 1, 2))
-    return a
+        n, _, p, _ = shape
+        return np.ascontiguousarray(a.reshape(n, p, p, 3).transpose(0, 3, 1, 2))
+    return a.reshape(shape)
 
 
 # ---------------------------------------------------------------- metadata
@@ -249,12 +243,12 @@ def _metadata(source, vision: dict, audio: dict | None, type_name: str, tensors:
     """The converter's keys in its order: general.*, then MmprojModel's and Gemma4VisionAudioModel's clip.*."""
     import gguf
 
-    from quantkit.formats.gguf_model import general_metadata, parameter_counts
+    from quantkit.formats.gguf_model import QUANTIZATION_VERSION, file_type_of, general_metadata, parameter_counts
 
     mean, std = _image_norm(source)
     text_hidden = source.spec.hidden_size
     w = gguf.GGUFWriter(path=None, arch="clip")
-    w.add_file_type(FILE_TYPE[type_name])
+    w.add_file_type(file_type_of(type_name))
     w.add_clip_has_vision_encoder(True)
     w.add_vision_projection_dim(text_hidden)
     w.add_vision_image_size(IMAGE_SIZE)
@@ -282,5 +276,5 @@ def _metadata(source, vision: dict, audio: dict | None, type_name: str, tensors:
     meta = general_metadata(Path(source.path), "clip", gguf.GGUFType.MMPROJ,
                             parameter_counts([t.entry for t in tensors]))
     meta.update(gguf_writer.collected(w))
-    meta["general.quantization_version"] = gguf_writer.u32(gguf.GGML_QUANT_VERSION)
+    meta["general.quantization_version"] = gguf_writer.u32(QUANTIZATION_VERSION)
     return meta

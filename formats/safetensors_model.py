@@ -54,7 +54,7 @@ import quantkit
 from quantkit.errors import BadInput, IOFailure
 from quantkit.formats import names, safetensors_writer
 from quantkit.formats.atomic import atomic_write, fsync_dir, install_dir, replaceable_dir, umask
-from quantkit.formats.hf_source import HFSource, canonical_name, shard_map
+from quantkit.formats.hf_source import HFSource, canonical_name
 from quantkit.formats.pack_quantized import (CT_FORMAT, CT_VERSION, SCALE_DTYPE, TORCH_DTYPE, IntScheme, fit_group,
                                              pack_int32, pack_zero_points)
 from quantkit.formats.safetensors_writer import TensorEntry
@@ -160,12 +160,11 @@ def _stored_tensors(source: TensorSource) -> Iterator[tuple[str, str | None, Pat
         for canon, info in source.infos.items():
             yield "model." + canon, canon, None, info.shape, stored_dtype(source, canon)
         return
-    for file_name, shard in shard_map(source.path).items():
+    for file_name, shard in source.file_shards.items():
         canon = canonical_name(file_name)
         if canon is not None and canon not in source.infos:
             continue  # unused KV-shared k/v projections: nothing reads them
-        sl = source._slice(shard, file_name)
-        yield file_name, canon, shard, tuple(int(d) for d in sl.get_shape()), sl.get_dtype()
+        yield file_name, canon, shard, *source.stored(file_name)
 
 
 def _check_scheme(file_name: str, canon: str, shape: tuple[int, ...], dtype: str, s: IntScheme) -> None:

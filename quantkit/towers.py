@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import quantkit
 from quantkit.formats import gguf_writer, mmproj
 from quantkit.formats.source import TensorSource
 from quantkit.options import CompressOptions, mmproj_path
@@ -24,7 +25,7 @@ def plan(source: TensorSource, opts: CompressOptions) -> tuple[mmproj.MmprojPlan
         return None, f"no mmproj: {source.path.name} has no vision or audio tower (a text-only checkpoint)"
     if opts.mmproj_type is None:
         return None, "no mmproj: --no-mmproj (text only)"
-    provenance = {"quantkit.version": gguf_writer.string(_version()),
+    provenance = {"quantkit.version": gguf_writer.string(quantkit.__version__),
                   "quantkit.recipe": gguf_writer.string(f"--mmproj-type {opts.mmproj_type}")}
     return mmproj.plan_mmproj(source, opts.mmproj_type, provenance), None
 
@@ -46,8 +47,3 @@ def on_device(text_bytes: int, mmproj_bytes: int, budgeted: bool) -> str:
     return (f"on device: text {text_bytes:,} + mmproj {mmproj_bytes:,} = {text_bytes + mmproj_bytes:,} bytes"
             f"{note}")
 
-
-def _version() -> str:
-    import quantkit
-
-    return quantkit.__version__
