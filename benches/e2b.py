@@ -2,7 +2,8 @@
 and release layout, then llama.cpp loads the file, checks its logits are finite and generates 16 tokens.
 
     .venv/bin/python benches/make_checkpoint.py e2b /tmp/e2b          # random weights, real shapes (9.3 GB)
-    .venv/bin/python benches/e2b.py /tmp/e2b --out /tmp/e2b-build [--max-size 1.4GB] [--method M] [--calib-tokens N]
+    .venv/bin/python benches/e2b.py /tmp/e2b --out /tmp/e2b-build [--max-size 1.4GB] [--method M] [--calib-tokens N] \
+        [--runtime OTHER.gguf ...]
 
 Prints the file's size by tensor group, the compress command's wall time and its peak RSS (the child process's
 maximum resident set, benches/child.py), and llama.cpp's check; then the towers' mmproj that compress wrote beside
@@ -10,9 +11,9 @@ it (F16), the size the same towers take at --mmproj-type Q8_0 (planned exactly, 
 of text + mmproj. The targets of the issue: at most 1,500,000,000 bytes
 (or within 1% under --max-size), at most 20 minutes and 8 GB on 2 cores.
 
-The defaults fit that time on 2 cores: `--method imatrix` on 2,048 calibration tokens. quantkit's forward runs E2B at
-about 20 tokens/s on 2 cores, and GPTQ's column loop at about 1 M weights/s, so the default `gptq` on 65,536 tokens
-would take hours on E2B's 1.84 B body weights; it is the method for machines with more cores or `--device cuda`.
+With no --method / --calib-tokens the command runs with quantkit's defaults (gptq; the calibration size that
+quantkit.options.default_calib_tokens gives E2B). Last, llama.cpp's own memory while it runs the build (and each
+--runtime file, e.g. llama.cpp's Q2_K / IQ2_M presets of the same checkpoint): benches/runtime_memory.py.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import runtime_memory  # noqa: E402
 from child import run_compress  # noqa: E402
 from quantkit.inspect import inspect_path  # noqa: E402
 
@@ -74,12 +76,15 @@ def main() -> None:
     ap.add_argument("checkpoint", type=Path, help="directory written by benches/make_checkpoint.py e2b")
     ap.add_argument("--out", type=Path, default=Path("/tmp/e2b-build"))
     ap.add_argument("--max-size", help="build under this size instead of --bits 2 (e.g. 1.4GB)")
-    ap.add_argument("--method", default="imatrix", help="quantkit compress --method (default: imatrix)")
-    ap.add_argument("--calib-tokens", default="2048", help="quantkit compress --calib-tokens (default: 2048)")
+    ap.add_argument("--method", help="quantkit compress --method (default: compress's)")
+    ap.add_argument("--calib-tokens", help="quantkit compress --calib-tokens (default: compress's)")
+    ap.add_argument("--runtime", nargs="*", type=Path, default=[],
+                    help="other GGUFs whose llama.cpp runtime memory to print beside the build's")
     args = ap.parse_args()
 
     size_args = ["--max-size", args.max_size] if args.max_size else ["--bits", "2"]
-    extra = ["--method", args.method, "--calib-tokens", args.calib_tokens]
+    extra = [*(["--method", args.method] if args.method else []),
+             *(["--calib-tokens", args.calib_tokens] if args.calib_tokens else [])]
     path, seconds, peak_gb = run_compress("e2b", args.checkpoint, args.out, [*size_args, "--tokens", "0", *extra])
     inv = inspect_path(path)
     print(f"\n{path}")
@@ -98,6 +103,7 @@ def main() -> None:
     print_mmproj(args.checkpoint, args.out, inv.file_bytes)
     finite, generated = llama_cpp_check(path)
     print(f"llama.cpp   loaded; prompt logits finite: {finite}; generated {len(generated)} tokens: {generated}")
+    runtime_memory.print_table([(p.name, runtime_memory.measure(p)) for p in [path, *args.runtime]])
     ok = inv.file_bytes <= limit and finite and len(generated) == 16
     sys.exit(0 if ok else 1)
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.integration.llamacpp import copy_metadata  # noqa: E402
 
 TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
-         "IQ4_NL", "IQ4_XS", "IQ3_XXS", "IQ2_XS", "IQ2_XXS"]
+         "IQ4_NL", "IQ4_XS", "IQ3_S", "IQ3_XXS", "IQ2_S", "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S"]
 GGUF_PY = {"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"}
 MODEL = Path(os.environ.get("QUANTKIT_GEMMA3_270M_GGUF", "/root/.cache/quantkit/models/gemma-3-270m-q4_k_m.gguf"))
 TENSOR = "blk.0.ffn_down.weight"

@@ -6,7 +6,9 @@ the new one, never a part; any failure, an interrupt included, removes the tempo
         f.write(...)
     atomic_write(path, data)                      # bytes, read back and compared before the rename
 
-Every writer (GGUF, safetensors, the work folder's checkpoints, reports) goes through here.
+Every writer (GGUF, safetensors, the work folder's checkpoints, reports) goes through here. The temporaries being
+written are listed in `PENDING`, so that an interrupt that cannot wait for a writer to unwind (quantkit.interrupt)
+removes them before the process ends (`discard_pending`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,15 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from quantkit.errors import BadInput, IOFailure
+
+PENDING: set[Path] = set()  # temporary files and directories being written now
+
+
+def discard_pending() -> None:
+    """Remove every temporary being written (the writers' own cleanup, for a process that ends without unwinding)."""
+    for p in list(PENDING):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        PENDING.discard(p)
 
 
 def umask() -> int:
@@ -47,6 +58,7 @@ def temp_path(path: Path) -> tuple[int, Path]:
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     except OSError as e:
         raise IOFailure(f"{path}: cannot create a temporary file in {path.parent} ({e.strerror})") from e
+    PENDING.add(Path(name))
     return fd, Path(name)
 
 
@@ -70,6 +82,8 @@ def atomic_file(path: Path, verify: Callable[[Path], None] | None = None) -> Ite
         if isinstance(e, OSError):
             raise IOFailure(f"{path}: writing failed ({e.strerror or e})") from e
         raise
+    finally:
+        PENDING.discard(tmp)
     fsync_dir(path.parent)
 
 
@@ -97,6 +111,24 @@ def replaceable_dir(out_dir: Path) -> None:
     entries = list(out_dir.iterdir())
     if entries and not ((out_dir / "config.json").is_file() and any(p.suffix == ".safetensors" for p in entries)):
         raise BadInput(f"{out_dir}: exists and is not a safetensors build; refusing to replace it")
+
+
+@contextmanager
+def temp_dir(out_dir: Path) -> Iterator[Path]:
+    """A new temporary directory beside `out_dir` (a directory build being written), removed if the block fails;
+    the block installs it (install_dir)."""
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".partial"))
+    except OSError as e:
+        raise IOFailure(f"{out_dir}: cannot create a temporary directory in {out_dir.parent} ({e.strerror})") from e
+    PENDING.add(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        PENDING.discard(tmp)
 
 
 def install_dir(tmp: Path, out_dir: Path) -> None:

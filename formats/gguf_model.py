@@ -50,6 +50,7 @@ FILE_TYPE = {
     "Q6_K": "MOSTLY_Q6_K", "IQ2_XXS": "MOSTLY_IQ2_XXS", "IQ2_XS": "MOSTLY_IQ2_XS", "IQ3_XXS": "MOSTLY_IQ3_XXS",
     "IQ4_NL": "MOSTLY_IQ4_NL", "IQ4_XS": "MOSTLY_IQ4_XS",
     "IQ2_S": "MOSTLY_IQ2_M", "IQ3_S": "MOSTLY_IQ3_S",  # the ftypes whose default type they are (llama-quant.cpp)
+    "IQ1_S": "MOSTLY_IQ1_S", "IQ1_M": "MOSTLY_IQ1_M",
 }
 CHUNK_VALUES = 1 << 25  # 2-D tensors larger than this (128 MB as float32) are read and quantized in row chunks
 

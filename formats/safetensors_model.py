@@ -41,8 +41,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
@@ -53,7 +51,7 @@ import torch
 import quantkit
 from quantkit.errors import BadInput, IOFailure
 from quantkit.formats import names, safetensors_writer
-from quantkit.formats.atomic import atomic_write, fsync_dir, install_dir, replaceable_dir, umask
+from quantkit.formats.atomic import atomic_write, fsync_dir, install_dir, replaceable_dir, temp_dir, umask
 from quantkit.formats.hf_source import HFSource, canonical_name
 from quantkit.formats.pack_quantized import (CT_FORMAT, CT_VERSION, SCALE_DTYPE, TORCH_DTYPE, IntScheme, fit_group,
                                              pack_int32, pack_zero_points)
@@ -271,36 +269,30 @@ def write_safetensors(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     replaceable_dir(out_dir)
     try:
-        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".partial"))
-    except OSError as e:
-        raise IOFailure(f"{out_dir}: cannot create a temporary directory in {out_dir.parent} ({e.strerror})") from e
-    try:
-        from tqdm import tqdm
+        with temp_dir(out_dir) as tmp:
+            from tqdm import tqdm
 
-        bar = tqdm(total=sum(p.nbytes for p in plan), unit="B", unit_scale=True, desc=f"writing {out_dir.name}",
-                   disable=not progress, leave=False)
-        try:
-            for part, name in zip(parts, files):
-                entries = [e for p in part for e in p.entries]
-                chunks = (c for p in part for c in _encode(source, p, importance.get(p.canonical), encoded))
-                safetensors_writer.write(tmp / name, meta, entries, chunks, progress=bar)
-        finally:
-            bar.close()
-        if len(parts) > 1:
-            weight_map = {e.name: f for part, f in zip(parts, files) for p in part for e in p.entries}
-            index = {"metadata": {"total_size": sum(p.nbytes for p in plan)}, "weight_map": dict(sorted(weight_map.items()))}
-            atomic_write(tmp / "model.safetensors.index.json", _json_bytes(index))
-        atomic_write(tmp / "config.json", _json_bytes(config))
-        for name, data in side.items():
-            atomic_write(tmp / name, data)
-        os.chmod(tmp, 0o777 & ~umask())
-        fsync_dir(tmp)
-        install_dir(tmp, out_dir)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError):
-            raise IOFailure(f"{out_dir}: writing failed ({e.strerror or e})") from e
-        raise
+            bar = tqdm(total=sum(p.nbytes for p in plan), unit="B", unit_scale=True, desc=f"writing {out_dir.name}",
+                       disable=not progress, leave=False)
+            try:
+                for part, name in zip(parts, files):
+                    entries = [e for p in part for e in p.entries]
+                    chunks = (c for p in part for c in _encode(source, p, importance.get(p.canonical), encoded))
+                    safetensors_writer.write(tmp / name, meta, entries, chunks, progress=bar)
+            finally:
+                bar.close()
+            if len(parts) > 1:
+                weight_map = {e.name: f for part, f in zip(parts, files) for p in part for e in p.entries}
+                index = {"metadata": {"total_size": sum(p.nbytes for p in plan)}, "weight_map": dict(sorted(weight_map.items()))}
+                atomic_write(tmp / "model.safetensors.index.json", _json_bytes(index))
+            atomic_write(tmp / "config.json", _json_bytes(config))
+            for name, data in side.items():
+                atomic_write(tmp / name, data)
+            os.chmod(tmp, 0o777 & ~umask())
+            fsync_dir(tmp)
+            install_dir(tmp, out_dir)
+    except OSError as e:
+        raise IOFailure(f"{out_dir}: writing failed ({e.strerror or e})") from e
     fsync_dir(out_dir.parent)
     return out_dir
 

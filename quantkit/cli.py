@@ -5,7 +5,6 @@ shows the traceback."""
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import traceback
 from pathlib import Path
@@ -140,7 +139,10 @@ def parse_size(text: str) -> int:
 @click.option("--method", type=click.Choice(["gptq", "imatrix", "rtn"]), default="gptq", show_default=True,
               help="gptq: error feedback inside the ggml formats; imatrix: llama.cpp's importance-weighted search; rtn: llama.cpp's data-free rounding.")
 @click.option("--calib", default="c4", show_default=True, metavar="SRC", help="Calibration text. " + TEXT_HELP)
-@click.option("--calib-tokens", default=128 * 512, show_default=True, type=click.IntRange(min=512), help="Calibration tokens (in 512-token sequences).")
+@click.option("--calib-tokens", type=click.IntRange(min=512),
+              help="Calibration tokens (in 512-token sequences). Default: 65,536 for models of up to 128 Mi decoder "
+                   "linear weights per token (the 270M has 100 M), proportionally fewer for larger ones so that a "
+                   "calibration pass costs about the same (E2B: 4,608), at least 4,096.")
 @click.option("--text", default="wiki", show_default=True, metavar="SRC", help="Evaluation text for the report. " + TEXT_HELP)
 @click.option("--tokens", "eval_tokens", default=8192, show_default=True, type=click.IntRange(min=0), help="Evaluation tokens for the report; 0 skips evaluation.")
 @click.option("--judge", type=click.Choice(["quantkit", "llama.cpp"]), default="quantkit", show_default=True, help="Who evaluates the build (llama.cpp needs llama-cpp-python).")
@@ -166,7 +168,7 @@ def compress_cmd(model, bits, max_size, like, imatrix_file, recipe_file, type_na
     import torch
 
     from quantkit.compress import compress
-    from quantkit.options import CompressOptions, default_out
+    from quantkit.options import CompressOptions, default_calib_tokens, default_out
     from quantkit.overrides import Overrides
     from quantkit.sources import open_source
 
@@ -181,11 +183,12 @@ def compress_cmd(model, bits, max_size, like, imatrix_file, recipe_file, type_na
                            imatrix_file=imatrix_file,
                            ple_type=ple_type,
                            overrides=Overrides.parse(tensor_types, token_embedding_type, output_tensor_type),
-                           method=method, calib=calib, calib_tokens=calib_tokens, text=text, eval_tokens=eval_tokens,
+                           method=method, calib=calib, text=text, eval_tokens=eval_tokens,
                            judge=judge, format=fmt, group_size=int(group_size or 128), symmetric=not asym,
                            mmproj_type=None if no_mmproj else mmproj_type.upper(),
                            dry_run=dry_run, device=device, progress=sys.stderr.isatty())
     src = open_source(model, from_path)
+    opts.calib_tokens = calib_tokens or default_calib_tokens(src)
     out = out_dir or default_out(model, opts)
     result = compress(src, out, opts, resume=resume, threads=threads, log=click.echo)
     r = result.evaluation
@@ -199,8 +202,8 @@ def compress_cmd(model, bits, max_size, like, imatrix_file, recipe_file, type_na
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The imatrix file to write (llama.cpp's GGUF imatrix format).")
 @click.option("--calib", default="c4", show_default=True, metavar="SRC", help="Calibration text. " + TEXT_HELP)
-@click.option("--calib-tokens", default=128 * 512, show_default=True, type=click.IntRange(min=512),
-              help="Calibration tokens, in 512-token chunks (llama-imatrix's -c 512).")
+@click.option("--calib-tokens", type=click.IntRange(min=512),
+              help="Calibration tokens, in 512-token chunks (llama-imatrix's -c 512). Default: as compress's.")
 @click.option("--from", "from_path", metavar="PATH", help="Where a Gemma 4 preset's checkpoint lies, if not in the Hugging Face cache.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: all cores).")
 def imatrix_cmd(model: str, out_path: Path, calib: str, calib_tokens: int, from_path: str | None,
@@ -215,11 +218,13 @@ def imatrix_cmd(model: str, out_path: Path, calib: str, calib_tokens: int, from_
     import torch
 
     from quantkit.calibration.imatrix import capture_imatrix, write_imatrix
+    from quantkit.options import default_calib_tokens
     from quantkit.sources import open_source
 
     if threads:
         torch.set_num_threads(threads)
-    imatrix = capture_imatrix(open_source(model, from_path), calib, calib_tokens, progress=sys.stderr.isatty())
+    src = open_source(model, from_path)
+    imatrix = capture_imatrix(src, calib, calib_tokens or default_calib_tokens(src), progress=sys.stderr.isatty())
     write_imatrix(out_path, imatrix)
     click.echo(f"wrote {out_path}: {len(imatrix.sums)} matrices, {imatrix.chunk_count} chunks of "
                f"{imatrix.chunk_size} tokens of {calib}")
@@ -337,16 +342,13 @@ def inspect_cmd(path: Path, as_json: bool, show_all: bool) -> None:
         click.echo(on_device(inv.file_bytes, m["file_bytes"], budgeted=False))
 
 
-def _terminate(signum, frame):
-    # SIGTERM unwinds like Ctrl-C, so writers remove their temporary files on the way out.
-    raise KeyboardInterrupt
-
-
 def main() -> None:
+    from quantkit import interrupt
+
     debug = "--debug" in sys.argv[1:]
-    signal.signal(signal.SIGTERM, _terminate)
     try:
-        cli.main(standalone_mode=False)
+        # in a worker thread, so that Ctrl-C and SIGTERM are heard during long native calls (quantkit.interrupt)
+        interrupt.run(lambda: cli.main(standalone_mode=False), on_exit=lambda: click.echo("interrupted", err=True))
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
         sys.exit(130)

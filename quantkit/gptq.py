@@ -48,7 +48,7 @@ class Quantized:
 # ---------------------------------------------------------------- the column loop
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def _gptq_columns(W1, U1, A, B, Z, lv, uni, j0, j1, codes, Q, Err):
     """Round columns j0..j1-1 of the batch W1 on the fixed grids (A, B, Z: [rows, j1 - j0]) and feed each
     column's error forward to the batch's later columns. Rows are independent."""
@@ -161,12 +161,32 @@ def _upper_inverse_cholesky(H: np.ndarray) -> np.ndarray:
     for _ in range(8):
         L, info = torch.linalg.cholesky_ex(Ht + extra * eye)
         if int(info) == 0:
-            Linv = torch.linalg.solve_triangular(L, eye, upper=False)
-            U = Linv.numpy()[::-1, ::-1]
+            U = _lower_inverse(L).numpy()[::-1, ::-1]
             if np.all(np.isfinite(U)):
                 return np.ascontiguousarray(U)
         extra = max(extra * 10, 1e-6 * float(np.mean(np.diag(H))))
     raise BadInput("Hessian is not positive definite even after extra damping")
+
+
+TRSM_MAX = 2048  # up to this size a triangular solve against the identity; above, by halves
+
+
+def _lower_inverse(L):
+    """L^-1 of a lower-triangular torch matrix. A solve against the identity costs n^3 (it does not know the right
+    side is triangular); by halves it is n^3 / 3, mostly in matrix products (LAPACK's trtri):
+        [[A, 0], [B, C]]^-1 = [[A^-1, 0], [-C^-1 B A^-1, C^-1]]"""
+    import torch
+
+    n = L.shape[0]
+    if n <= TRSM_MAX:
+        return torch.linalg.solve_triangular(L, torch.eye(n, dtype=L.dtype), upper=False)
+    h = n // 2
+    Ai, Ci = _lower_inverse(L[:h, :h]), _lower_inverse(L[h:, h:])
+    out = torch.zeros_like(L)
+    out[:h, :h] = Ai
+    out[h:, h:] = Ci
+    out[h:, :h] = -(Ci @ (L[h:, :h] @ Ai))
+    return out
 
 
 def _block_order(diag: np.ndarray, bs: int, act_order: bool) -> np.ndarray:

@@ -14,6 +14,14 @@ from quantkit.overrides import Overrides
 
 RECIPES = ("type_name", "bits", "max_size", "like", "recipe_file")
 
+# The default calibration set. A calibration pass costs about tokens x the decoder's linear weights per token (the
+# forward, and as much again for the Hessians), so the default caps that product: 128 x 512 tokens up to 128 Mi linear
+# weights (the Gemma 3 270M has 100 M), proportionally fewer above (Gemma 4 E2B: 9 sequences), never below 8
+# sequences. benches/calib_tokens.py measures the 270M's mean KLD against the calibration size (docs/RESULTS.md).
+CALIB_TOKENS = 128 * 512
+CALIB_WEIGHT_TOKENS = CALIB_TOKENS * 128 * 2**20
+MIN_CALIB_TOKENS = 8 * 512
+
 
 @dataclass
 class CompressOptions:
@@ -27,7 +35,7 @@ class CompressOptions:
     overrides: Overrides = field(default_factory=Overrides)  # --tensor-type and friends
     method: str = "gptq"
     calib: str = "c4"
-    calib_tokens: int = 128 * 512
+    calib_tokens: int = CALIB_TOKENS  # the CLI's default: default_calib_tokens(source)
     text: str = "wiki"
     eval_tokens: int = 8192
     judge: str = "quantkit"
@@ -90,6 +98,25 @@ class CompressOptions:
         return {"recipe": self.recipe(),
                 "calibration": f"{self.calib}:{self.calib_tokens}" if calibrated else "none",
                 "imatrix": importance}
+
+
+def linear_weights_per_token(source: TensorSource) -> int:
+    """Decoder linear weights one token passes through: attention and MLP, and of each expert stack its top_k share."""
+    spec = source.spec
+    n = 0
+    for row in source.table.values():
+        if row.group in ("attention", "mlp") and row.fixed is None and len(row.shape) == 2:
+            n += row.n_params
+        elif row.group == "experts" and row.fixed is None and len(row.shape) == 3:
+            n += row.n_params * spec.top_k // max(spec.n_experts, 1)
+    return n
+
+
+def default_calib_tokens(source: TensorSource) -> int:
+    """--calib-tokens when not given: CALIB_TOKENS, scaled down by the model's linear weights per token (whole
+    512-token sequences, at least MIN_CALIB_TOKENS)."""
+    fit = CALIB_WEIGHT_TOKENS // max(linear_weights_per_token(source), 1) // 512 * 512
+    return max(MIN_CALIB_TOKENS, min(CALIB_TOKENS, fit))
 
 
 def default_out(model: str, opts: CompressOptions) -> Path:

@@ -32,15 +32,17 @@ PRESETS: dict[str, str] = {
     "Q2_K": "Q2_K", "Q2_K_S": "Q2_K",
     "Q3_K_S": "Q3_K", "Q3_K_M": "Q3_K", "Q3_K_L": "Q3_K",
     "Q4_K_S": "Q4_K", "Q4_K_M": "Q4_K", "Q5_K_S": "Q5_K", "Q5_K_M": "Q5_K", "Q6_K": "Q6_K",
+    "IQ1_S": "IQ1_S", "IQ1_M": "IQ1_M",
     "IQ2_XXS": "IQ2_XXS", "IQ2_XS": "IQ2_XS", "IQ2_S": "IQ2_XS", "IQ2_M": "IQ2_S",
     "IQ3_XXS": "IQ3_XXS", "IQ3_XS": "IQ3_S", "IQ3_S": "IQ3_S", "IQ3_M": "IQ3_S",
     "IQ4_NL": "IQ4_NL", "IQ4_XS": "IQ4_XS",
 }
-# ftypes whose tied output / token embedding goes to Q5_K instead of Q6_K (only those quantkit offers are listed;
-# IQ1_S / IQ1_M are not)
-_LOW_OUTPUT = ("IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ2_S", "IQ2_M")
-# ftypes of llama.cpp's low-bit branch (with IQ1_S / IQ1_M, not offered)
-_IQ2 = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M")
+# ftypes whose tied output / token embedding goes to Q5_K instead of Q6_K (only those quantkit offers are listed)
+_LOW_OUTPUT = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ2_S", "IQ2_M")
+# ftypes of llama.cpp's low-bit branch
+_IQ2 = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M")
+# of those, the ones that take IQ2_XXS for attn_output
+_IQ1 = ("IQ1_S", "IQ1_M")
 # of those, the ones that take IQ3_S (instead of Q2_K) for attn_v, the first ffn_down tensors and attn_output
 _IQ2_SM = ("IQ2_S", "IQ2_M")
 
@@ -113,6 +115,8 @@ def _choose(s: _State, ftype: str, t: str, name: str, cat: str, cols: int) -> st
         elif cat == "attn_output":
             if s.n_expert == 8:
                 t = "Q5_K"
+            elif ftype in _IQ1:
+                t = "IQ2_XXS"
             elif ftype in _IQ2_SM:
                 t = "IQ3_S"
         return t
@@ -219,7 +223,7 @@ def like(preset: str, spec: ModelSpec, table: TensorTable, has_imatrix: bool = F
     llama.cpp). `manual`: the user's types (quantkit.overrides), which llama.cpp takes instead of its rules, so
     those tensors do not advance the rules' attn_v / ffn_down / ffn_gate / ffn_up counters either. Tensors
     llama.cpp does not quantize keep their float storage type (F32 if the source's is not a float type). Every type
-    the offered presets pick (IQ2_S and IQ3_S included) is one quantkit encodes.
+    the offered presets pick (IQ1_S, IQ1_M, IQ2_S and IQ3_S included) is one quantkit encodes.
     """
     key = preset.upper()
     if key not in PRESETS:

@@ -124,3 +124,19 @@ def test_gptq_refuses_what_it_cannot_do():
         gptq.gptq(W, "IQ2_XXS", H)
     with pytest.raises(Exception, match="Hessian"):
         gptq.quantize_tensor("gptq", W, "Q4_K", LinearStats("w", np.ones(256), 1))
+
+
+def test_triangular_inverse_by_halves_equals_a_solve():
+    """gptq._lower_inverse above TRSM_MAX (by halves) against a triangular solve of the identity, in float64."""
+    import torch
+
+    from quantkit.gptq import TRSM_MAX, _lower_inverse
+
+    n = 2 * TRSM_MAX + 300  # two levels of halves, odd sizes
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(n + 64, n, dtype=torch.float64, generator=g)
+    L = torch.linalg.cholesky(X.T @ X + n * torch.eye(n, dtype=torch.float64))
+    want = torch.linalg.solve_triangular(L, torch.eye(n, dtype=torch.float64), upper=False)
+    got = _lower_inverse(L)
+    assert torch.equal(torch.triu(got, 1), torch.zeros_like(got))
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-12

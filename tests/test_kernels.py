@@ -283,15 +283,16 @@ def test_registry_sizes_match_gguf():
 
 
 def test_registry_needs_imatrix():
-    # llama-quant.cpp tensor_type_requires_imatrix: IQ3_S is not among them
-    assert {n for n in registry.names() if registry.get(n).needs_imatrix} == {"IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS"}
+    # llama-quant.cpp tensor_requires_imatrix: IQ3_S is not among them
+    assert {n for n in registry.names() if registry.get(n).needs_imatrix} == {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS",
+                                                                             "IQ2_S", "IQ3_XXS"}
 
 
 def test_fallback_table():
     # llama-quant.cpp tensor_type_fallback
     expect = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0",
               "IQ4_XS": "IQ4_NL", "IQ2_XXS": "IQ4_NL", "IQ2_XS": "IQ4_NL", "IQ3_XXS": "IQ4_NL",
-              "IQ2_S": "IQ4_NL", "IQ3_S": "IQ4_NL"}
+              "IQ2_S": "IQ4_NL", "IQ3_S": "IQ4_NL", "IQ1_S": "IQ4_NL", "IQ1_M": "IQ4_NL"}
     for name, fb in expect.items():
         assert registry.fallback_type(name, 640) == fb
         assert registry.fallback_type(name, 512) == name

@@ -15,6 +15,7 @@ import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import quants as gq
 
+from gguf_blocks import bits_equal, decode_both, field
 from quantkit.errors import BadInput
 from quantkit.kernels import iqgrid, iquants, registry
 
@@ -26,26 +27,8 @@ LAYOUT = {
 }
 
 
-def _bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
-    a = np.ascontiguousarray(a, np.float32)
-    b = np.ascontiguousarray(b, np.float32)
-    return a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
-
-
 def _field(data: np.ndarray, qname: str, name: str) -> np.ndarray:
-    """View of one field of every block: [rows, blocks, field bytes]."""
-    ts = GGML_QUANT_SIZES[GGMLQuantizationType[qname]][1]
-    lo, hi = LAYOUT[qname][name]
-    return data.reshape(data.shape[0], -1, ts)[:, :, lo:hi]
-
-
-def _decode_both(qname: str, data: np.ndarray):
-    bs, ts = GGML_QUANT_SIZES[GGMLQuantizationType[qname]]
-    cols = data.shape[1] // ts * bs
-    ours = registry.dequantize(qname, data, (data.shape[0], cols))
-    with np.errstate(all="ignore"):
-        ref = gq.dequantize(data, GGMLQuantizationType[qname]).reshape(data.shape[0], cols)
-    return ours, ref
+    return field(data, qname, LAYOUT[qname][name])
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +52,9 @@ def test_decoder_matches_gguf_on_random_blocks(qname, rng):
     ts = GGML_QUANT_SIZES[GGMLQuantizationType[qname]][1]
     data = rng.integers(0, 256, (6, 8 * ts), dtype=np.uint8)
     data.reshape(6, 8, ts)[:, :, 1] &= 0x7B  # finite fp16 d
-    ours, ref = _decode_both(qname, data)
+    ours, ref = decode_both(qname, data)
     assert np.all(np.isfinite(ref))
-    assert _bits_equal(ours, ref)
+    assert bits_equal(ours, ref)
 
 
 @pytest.mark.parametrize("qname", TYPES)
@@ -80,11 +63,11 @@ def test_decoder_matches_gguf_on_random_bytes(qname, rng):
     ts = GGML_QUANT_SIZES[GGMLQuantizationType[qname]][1]
     data = rng.integers(0, 256, (6, 16 * ts), dtype=np.uint8)
     data.reshape(6, 16, ts)[:, :4, 0:2] = [[0x00, 0x7C], [0xFF, 0x7F], [0x01, 0x00], [0x00, 0xFC]]
-    ours, ref = _decode_both(qname, data)
+    ours, ref = decode_both(qname, data)
     finite = np.isfinite(ref)
     assert np.array_equal(finite, np.isfinite(ours))
     assert np.array_equal(np.isnan(ours), np.isnan(ref))
-    assert _bits_equal(ours[finite], ref[finite])
+    assert bits_equal(ours[finite], ref[finite])
 
 
 @pytest.mark.parametrize("qname", TYPES)
@@ -107,9 +90,9 @@ def test_decoder_matches_gguf_on_adversarial_blocks(qname, case, d_bits, rng):
     blocks = data.reshape(2, 4, ts)
     blocks[:, :, 0] = d_bits & 0xFF
     blocks[:, :, 1] = d_bits >> 8
-    ours, ref = _decode_both(qname, data)
+    ours, ref = decode_both(qname, data)
     assert np.all(np.isfinite(ref))
-    assert _bits_equal(ours, ref)
+    assert bits_equal(ours, ref)
 
 
 @pytest.mark.parametrize("qname", TYPES)
@@ -127,7 +110,7 @@ def test_decoder_reads_the_high_index_bits(qname):
         y = registry.dequantize(qname, block, (1, 256))[0]
         db = np.float32(0.125) if qname == "IQ2_S" else np.float32(1.0)  # d (0.5 + 0) 0.25 / d (1 + 2*0)
         expect = db * grid[gi] * np.where(np.arange(n) == 1, -1, 1).astype(np.float32)
-        assert _bits_equal(y[:n], expect), gi
+        assert bits_equal(y[:n], expect), gi
 
 
 # ----------------------------------------------------------------- grids
@@ -181,7 +164,7 @@ def test_round_trip_shape_and_finite(qname, effort, rng):
     assert dec.shape == x.shape and np.all(np.isfinite(dec))
     assert np.all(enc[0] == 0) and np.all(dec[0] == 0.0), "an all-zero row must encode to zero bytes"
     with np.errstate(all="ignore"):
-        assert _bits_equal(dec, gq.dequantize(enc, GGMLQuantizationType[qname]))
+        assert bits_equal(dec, gq.dequantize(enc, GGMLQuantizationType[qname]))
     g = rng.standard_normal((16, 512)).astype(np.float32)
     one = np.ones(512, np.float32)
     dec = registry.dequantize(qname, registry.quantize(qname, g, importance=one, effort=effort), g.shape)
@@ -238,4 +221,4 @@ def test_iq2_s_groups_are_independent_of_their_position(rng):
     assert np.array_equal(_field(a, "IQ2_S", "scales")[0, 0, 4:], _field(b, "IQ2_S", "scales")[0, 0, :4])
     dec_a = registry.dequantize("IQ2_S", a, (1, 256))[0]
     dec_b = registry.dequantize("IQ2_S", b, (1, 256))[0]
-    assert _bits_equal(dec_a[128:], dec_b[:128]) and _bits_equal(dec_a[:128], dec_b[128:])
+    assert bits_equal(dec_a[128:], dec_b[:128]) and bits_equal(dec_a[:128], dec_b[128:])

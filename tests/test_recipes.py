@@ -244,3 +244,47 @@ def test_new_iq_presets_fall_back_on_640_wide_rows():
         assert plan["layers.5.self_attn.q_proj.weight"] == "IQ4_NL"
         assert plan["layers.5.mlp.up_proj.weight"] == "IQ4_NL"
         assert plan["layers.5.self_attn.v_proj.weight"] == "Q5_0"
+
+
+def test_iq1_s_and_iq1_m():
+    """IQ1_S / IQ1_M take llama.cpp's low-bit branch with the IQ2_XXS choices (Q5_K tied embeddings, Q4_K attn_v at
+    n_gqa >= 4 else Q2_K, Q2_K for the first n/8 ffn_down tensors), except attn_output: IQ2_XXS."""
+    spec, infos = spec_infos()  # n_gqa = 4
+    spec2, infos2 = spec_infos(n_kv=2)  # n_gqa = 2
+    for preset in ("IQ1_S", "IQ1_M"):
+        plan = like(preset, spec, infos, has_imatrix=True)
+        assert plan["embed_tokens.weight"] == "Q5_K" and plan["embed_tokens_per_layer.weight"] == "Q5_K"
+        assert set(layer_types(plan, "self_attn.v_proj.weight")) == {"Q4_K"}
+        assert layer_types(plan, "mlp.down_proj.weight") == ["Q2_K"] * 2 + [preset] * (N - 2)
+        assert set(layer_types(plan, "self_attn.o_proj.weight")) == {"IQ2_XXS"}
+        for suffix in ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "mlp.gate_proj.weight",
+                       "mlp.up_proj.weight"):
+            assert set(layer_types(plan, suffix)) == {preset}, suffix
+        assert plan["layers.0.per_layer_input_gate.weight"] == preset
+        assert like(preset, spec, infos) == plan  # the imatrix changes nothing in these rules
+        assert set(layer_types(like(preset, spec2, infos2, has_imatrix=True), "self_attn.v_proj.weight")) == {"Q2_K"}
+        # 8 experts: attn_k Q4_K, attn_output Q5_K, attn_v Q4_K (n_expert >= 4)
+        spec8, infos8 = moe_infos(8, n_kv=2)
+        plan = like(preset, spec8, infos8, has_imatrix=True)
+        assert set(layer_types(plan, "self_attn.k_proj.weight")) == {"Q4_K"}
+        assert set(layer_types(plan, "self_attn.o_proj.weight")) == {"Q5_K"}
+        assert set(layer_types(plan, "self_attn.v_proj.weight")) == {"Q4_K"}
+        assert set(layer_types(plan, "experts.down_proj")[1:]) == {preset}
+        # 640-wide rows: IQ4_NL fallbacks, Q8_0 tied embedding; attn_output's 1024-wide rows keep IQ2_XXS
+        spec6, infos6 = spec_infos(hidden=640, ple=0)
+        plan = like(preset, spec6, infos6, has_imatrix=True)
+        assert plan["embed_tokens.weight"] == "Q8_0"
+        assert plan["layers.5.self_attn.q_proj.weight"] == "IQ4_NL"
+        assert plan["layers.5.mlp.down_proj.weight"] == preset
+        assert plan["layers.5.self_attn.o_proj.weight"] == "IQ2_XXS"
+        assert plan["layers.5.self_attn.v_proj.weight"] == "Q5_0"  # Q4_K -> Q5_0
+
+
+def test_iq1_presets_need_an_imatrix_for_their_types():
+    from quantkit.kernels import registry
+
+    spec, infos = spec_infos()
+    for preset in ("IQ1_S", "IQ1_M"):
+        picked = set(like(preset, spec, infos, has_imatrix=True).values())
+        assert {preset, "IQ2_XXS"} <= picked and all(t in registry.TYPES for t in picked)
+        assert registry.get(preset).needs_imatrix

@@ -93,3 +93,31 @@ def test_cli_version_and_help():
     h = _cli("eval", "--help").stdout
     for opt in ("--text", "--tokens", "--ref", "--json", "--from", "--threads"):
         assert opt in h
+
+
+@pytest.mark.parametrize("weights, tokens", [(10_000_000, 65536), (128 * 2**20, 65536), (100_270_080, 65536),
+                                             (1_835_532_288, 4608), (256 * 2**20, 32768), (10**12, 4096)])
+def test_default_calibration_size_by_model(monkeypatch, weights, tokens):
+    """65,536 tokens up to 128 Mi linear weights per token, proportionally fewer above (whole 512-token sequences),
+    never below 4,096; E2B (1,835,532,288) gets 9 sequences."""
+    from quantkit import options
+
+    monkeypatch.setattr(options, "linear_weights_per_token", lambda source: weights)
+    assert options.default_calib_tokens(object()) == tokens
+
+
+def test_linear_weights_per_token_counts_attention_and_mlp(tmp_path):
+    """tiny_models.gemma4_dense: every q/k/v/o and gate/up/down weight and nothing else, counted by hand."""
+    import tiny_models
+    import tiny_tokenizer
+    from quantkit.options import linear_weights_per_token
+    from quantkit.sources import open_source
+
+    model, _ = tiny_models.gemma4_dense(0)
+    model.save_pretrained(tmp_path)
+    tiny_tokenizer.save(tmp_path)
+    H, I = 64, 128
+    mlp = 3 * H * I
+    sliding = H * (4 * 32 + 4 * 32 + 4 * 32) + 4 * 32 * H + mlp  # q, k, v (4 heads x 32), o
+    full = H * (4 * 64 + 2 * 64) + 4 * 64 * H + mlp  # q (4 x 64), k (2 x 64), no v (K = V), o
+    assert linear_weights_per_token(open_source(str(tmp_path))) == 2 * sliding + 2 * full

@@ -70,12 +70,12 @@ def uniform(type_name: str) -> bool:
     return not str(type_name).upper().startswith("IQ4")
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _f16(o, pos):
     return fp16_to_fp32(np.int64(o[pos]) | (np.int64(o[pos + 1]) << 8))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def _params_kernel(kind, bs, nbytes, data, A, B):
     rows, cols = A.shape
     nb = cols // bs
@@ -138,7 +138,7 @@ def _params_kernel(kind, bs, nbytes, data, A, B):
                     a[32 * ib + j] = dl
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def _pack_kernel(kind, bs, nbytes, codes, data):
     rows, cols = codes.shape
     nb = cols // bs
@@ -245,7 +245,7 @@ def pack_levels(type_name: str, data: np.ndarray, codes: np.ndarray) -> np.ndarr
     return out
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def nearest_code(w, a, b, z, lv, is_uniform):
     """Index of the level whose value a * (lv[k] - z) + b (float32) is nearest to w. z is an integer-valued
     zero point (the generic group formats' x = (q - zp) * scale); 0 for the ggml formats."""
@@ -282,7 +282,7 @@ def nearest_code(w, a, b, z, lv, is_uniform):
     return best
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def round_to_levels(w, A, B, lv, is_uniform, codes, q):
     """Nearest representable value of every weight under fixed (A, B): codes and float32 values."""
     rows, cols = w.shape

@@ -15,7 +15,7 @@ from numba import njit, prange
 from .fp import bf16_to_fp32, fp16_to_fp32, fp32_to_bf16, fp32_to_fp16
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def _to_f16(x, out):
     rows, cols = x.shape
     for r in prange(rows):
@@ -23,7 +23,7 @@ def _to_f16(x, out):
             out[r, j] = fp32_to_fp16(x[r, j])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def _to_bf16(x, out):
     rows, cols = x.shape
     for r in prange(rows):
@@ -31,7 +31,7 @@ def _to_bf16(x, out):
             out[r, j] = fp32_to_bf16(x[r, j])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def _from_f16(h, out):
     rows, cols = out.shape
     for r in prange(rows):
@@ -39,7 +39,7 @@ def _from_f16(h, out):
             out[r, j] = fp16_to_fp32(h[r, j])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def _from_bf16(h, out):
     rows, cols = out.shape
     for r in prange(rows):

@@ -53,7 +53,7 @@ def i32_as_f32(typingctx, x):
     return sig, codegen
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def nearest_int(fval):
     """ggml-quants.c ``nearest_int``: add 1.5*2^23 in float32, read the mantissa.
 
@@ -66,7 +66,7 @@ def nearest_int(fval):
     return (i & 0x007FFFFF) - 0x00400000
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def fp32_to_fp16(f):
     """float32 -> IEEE half bits (as int), round to nearest even, NaN -> 0x7e00."""
     b = np.int64(f32_as_i32(f)) & 0xFFFFFFFF
@@ -98,7 +98,7 @@ def fp32_to_fp16(f):
     return sign | h
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def fp16_to_fp32(h):
     """IEEE half bits -> float32 (exact)."""
     h = np.int64(h) & 0xFFFF
@@ -117,7 +117,7 @@ def fp16_to_fp32(h):
     return i32_as_f32(np.int32(bits))
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def fp32_to_bf16(f):
     """ggml_compute_fp32_to_bf16: quiet NaNs, otherwise round to nearest even."""
     u = np.int64(f32_as_i32(f)) & 0xFFFFFFFF
@@ -126,12 +126,12 @@ def fp32_to_bf16(f):
     return ((u + (0x7FFF + ((u >> 16) & 1))) >> 16) & 0xFFFF
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def bf16_to_fp32(h):
     return i32_as_f32(np.int32((np.int64(h) & 0xFFFF) << 16))
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def roundf(v):
     """C ``roundf`` on a float32: round half away from zero."""
     r = np.float32(np.trunc(v))
@@ -143,7 +143,7 @@ def roundf(v):
     return r
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def trunc_to_i8(v):
     """``(int8_t)v`` for a float32 as x86-64 compilers emit it.
 
@@ -156,14 +156,14 @@ def trunc_to_i8(v):
     return i - 256 if i >= 128 else i
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def to_i8(i):
     """C conversion of an int to int8_t (wraps)."""
     i = np.int64(i) & 0xFF
     return i - 256 if i >= 128 else i
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def put_f16(o, pos, f):
     """Store f as little-endian fp16 bits at o[pos:pos+2] (GGML_FP32_TO_FP16)."""
     h = fp32_to_fp16(f)
@@ -171,7 +171,7 @@ def put_f16(o, pos, f):
     o[pos + 1] = (h >> 8) & 0xFF
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def get_f16(o, pos):
     """The little-endian fp16 at o[pos:pos+2] as float32."""
     return fp16_to_fp32(np.int64(o[pos]) | (np.int64(o[pos + 1]) << 8))

@@ -46,7 +46,7 @@ def default_shrink_grid(maxshrink: float = 0.5, step: float = 0.01) -> np.ndarra
     return (1.0 - step * np.arange(n + 1)).astype(np.float32)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _round_scale(s, mode):
     if mode == 1:
         return fp16_to_fp32(fp32_to_fp16(s))
@@ -55,7 +55,7 @@ def _round_scale(s, mode):
     return s
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _qparams(lo, hi, symmetric, qmin, qmax, mode):
     """compressed-tensors calculate_qparams for one group -> (scale, zp)."""
     lo = min(lo, np.float32(0.0))
@@ -78,13 +78,13 @@ def _qparams(lo, hi, symmetric, qmin, qmax, mode):
     return scale, zp
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _quant_one(v, scale, zp, qmin, qmax):
     q = np.rint(v / scale + np.float32(zp))
     return np.int64(min(max(q, np.float32(qmin)), np.float32(qmax)))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def _group_kernel(x, imp, gs, symmetric, qmin, qmax, shrinks, mode, codes, scales, zps):
     rows, cols = x.shape
     ng = cols // gs
@@ -118,7 +118,7 @@ def _group_kernel(x, imp, gs, symmetric, qmin, qmax, shrinks, mode, codes, scale
             codes[r, g * gs + j] = _quant_one(xs[j], best_scale, best_zp, qmin, qmax)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def _dequant_kernel(codes, scales, zps, gs, out):
     rows, cols = codes.shape
     for r in prange(rows):

@@ -32,7 +32,7 @@ F1 = np.float32(1.0)
 KVALUES = np.array(_GGUF_IQ4_NL.kvalues, dtype=np.float32)  # int8 table as exact floats
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def iq4_nl_impl(sbs, x, qw, use_qw, values, ntry, o, scales, weight, L):
     """quantize_row_iq4_nl_impl with block_size 32 for one super-block of ``sbs``.
 
@@ -137,7 +137,7 @@ def iq4_nl_impl(sbs, x, qw, use_qw, values, ntry, o, scales, weight, L):
             o[qpos + 16 * i + j] = (np.int64(L[32 * i + j]) | (np.int64(L[32 * i + 16 + j]) << 4)) & 0xFF
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def _encode_rows(x, qw, use_qw, values, sbs, nbytes, out):
     rows, cols = x.shape
     nb = cols // sbs
@@ -154,7 +154,7 @@ def _encode_rows(x, qw, use_qw, values, sbs, nbytes, out):
                         use_qw, values, 7, out[r, b * nbytes:(b + 1) * nbytes], scales, weight, L)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def decode_iq4_nl_rows(data, values, out):
     rows, cols = out.shape
     nb = cols // 32
@@ -169,7 +169,7 @@ def decode_iq4_nl_rows(data, values, out):
             out[r, b * 32 + j + 16] = d * values[q >> 4]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def decode_iq4_xs_rows(data, values, out):
     rows, cols = out.shape
     nb = cols // 256

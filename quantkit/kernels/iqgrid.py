@@ -1,4 +1,4 @@
-"""Lattice tables for IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS and IQ3_S, built at first use.
+"""Lattice tables for IQ1_S / IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS and IQ3_S, built at first use.
 
 The grids themselves come from gguf-py (``gguf.quants.IQ2_XXS`` etc.), which
 ships them packed for its dequantizers.  Each grid point is a group of 8 (IQ2)
@@ -12,7 +12,8 @@ level vector ``u`` (2 bits per level for IQ2, 3 for IQ3) or -1 when ``u`` is not
 on the grid; for such ``u`` the neighbour list holds every grid point whose
 squared distance to ``u`` is among the ``nwant`` smallest distinct distances
 (nwant = 2 for IQ2_XXS, IQ2_XS and IQ3_XXS, 1 for IQ2_S, 3 for IQ3_S with its
-512-point grid), ordered by (distance, grid index).  Only the ``u`` the
+512-point grid and for IQ1_S / IQ1_M with their shared 2048-point grid of
+values -1, 0, 1), ordered by (distance, grid index).  Only the ``u`` the
 encoders can reach (IQ2: levels 0..2; IQ3: levels 0..7) are filled in.
 """
 
@@ -47,7 +48,7 @@ def _levels_from_gguf(cls) -> tuple[np.ndarray, np.ndarray]:
     return levels, grid
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _neighbour_tables(pos, kmap, bits, maxl, nwant):
     G, n = pos.shape
     size = kmap.shape[0]
@@ -140,3 +141,9 @@ def iq2s_grid() -> IQGrid:
 @functools.lru_cache(maxsize=None)
 def iq3s_grid() -> IQGrid:
     return _build(_gq.IQ3_S, bits=3, maxl=7, nwant=3)  # iq3xs_init_impl(512)
+
+
+@functools.lru_cache(maxsize=None)
+def iq1s_grid() -> IQGrid:
+    """iq2xs_init_impl(GGML_TYPE_IQ1_S / IQ1_M): kgrid_1bit_2048, levels 0..2 for -1, 0, 1, nwant 3."""
+    return _build(_gq.IQ1_S, bits=2, maxl=2, nwant=3)

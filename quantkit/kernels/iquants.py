@@ -63,7 +63,7 @@ class GridError(RuntimeError):
     pass
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _find_best_neighbour(nb_list, off, pos, xval, waux, base, scale, L):
     """iq2_find_best_neighbour / iq3_find_best_neighbour (n = pos.shape[1])."""
     n = pos.shape[1]
@@ -85,7 +85,7 @@ def _find_best_neighbour(nb_list, off, pos, xval, waux, base, scale, L):
     return gi
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _signs(xb, weight, xval, block_signs, ngroups):
     """Make every group of 8 have an even number of negatives (flip the cheapest)."""
     for k in range(ngroups):
@@ -112,7 +112,7 @@ def _signs(xb, weight, xval, block_signs, ngroups):
         block_signs[k] = s & 127
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _u_of(L, base, n, bits):
     u = 0
     for i in range(n):
@@ -123,7 +123,7 @@ def _u_of(L, base, n, bits):
 # ----------------------------------------------------------------- IQ2_XXS
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _iq2_xxs_block(x, qw, o, pos, kmap, nb_off, nb_list, scales, weight, xval, L, Laux, waux, Lq, block_signs, q2,
                    trials):
     kMaxQ = 3
@@ -234,7 +234,7 @@ def _iq2_xxs_block(x, qw, o, pos, kmap, nb_off, nb_list, scales, weight, xval, L
     return True
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def _encode_iq2_xxs_rows(x, qw, pos, kmap, nb_off, nb_list, out, ok, trials):
     rows, cols = x.shape
     nb = cols // QK_K
@@ -262,7 +262,7 @@ def _encode_iq2_xxs_rows(x, qw, pos, kmap, nb_off, nb_list, out, ok, trials):
 # ----------------------------------------------------------------- IQ2_XS
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _iq2_xs_block(x, qw, o, pos, kmap, nb_off, nb_list, scales, weight, xval, L, Laux, waux, block_signs, q2, trials):
     kMaxQ = 3
     put_f16(o, 0, F0)
@@ -380,7 +380,7 @@ def _iq2_xs_block(x, qw, o, pos, kmap, nb_off, nb_list, scales, weight, xval, L,
     return True
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def _encode_iq2_xs_rows(x, qw, pos, kmap, nb_off, nb_list, out, ok, trials):
     rows, cols = x.shape
     nb = cols // QK_K
@@ -407,7 +407,7 @@ def _encode_iq2_xs_rows(x, qw, pos, kmap, nb_off, nb_list, out, ok, trials):
 # ----------------------------------------------------------------- IQ3_XXS
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _iq3_xxs_block(x, qw, use_qw, o, pos, kmap, nb_off, nb_list, scales, weight, xval, L, Laux, waux,
                    block_signs, q3, sas, trials):
     kMaxQ = 8
@@ -532,7 +532,7 @@ def _iq3_xxs_block(x, qw, use_qw, o, pos, kmap, nb_off, nb_list, scales, weight,
     return True
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def _encode_iq3_xxs_rows(x, qw, use_qw, pos, kmap, nb_off, nb_list, out, ok, trials):
     rows, cols = x.shape
     nb = cols // QK_K
@@ -560,7 +560,7 @@ def _encode_iq3_xxs_rows(x, qw, use_qw, pos, kmap, nb_off, nb_list, out, ok, tri
 # ----------------------------------------------------------------- IQ2_S / IQ3_S
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _abs_signs(xb, xval, block_signs, ngroups):
     """|x| into xval and one 8-bit sign mask per group of 8 (the IQ2_S / IQ3_S blocks store all 8 signs)."""
     for k in range(ngroups):
@@ -575,7 +575,7 @@ def _abs_signs(xb, xval, block_signs, ngroups):
         block_signs[k] = s
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _s_group_search(xval, weight, waux, L, Laux, is_on_grid, is_on_grid_aux, mx, kMaxQ, step, init_on_grid,
                     refine_all, pos, kmap, nb_off, nb_list, trials):
     """The scale search of one group (the grid points of 8 or 4 weights it holds), shared by
@@ -647,7 +647,7 @@ def _s_group_search(xval, weight, waux, L, Laux, is_on_grid, is_on_grid_aux, mx,
     return scale
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _iq2_s_block(x, qw, o, pos, kmap, nb_off, nb_list, scales, weight, xval, L, Laux, waux, is_on_grid,
                  is_on_grid_aux, block_signs, trials):
     """quantize_row_iq2_s_impl (with quant_weights), one 256-weight block in 16 groups of 16."""
@@ -704,7 +704,7 @@ def _iq2_s_block(x, qw, o, pos, kmap, nb_off, nb_list, scales, weight, xval, L, 
     return True
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def _encode_iq2_s_rows(x, qw, pos, kmap, nb_off, nb_list, out, ok, trials):
     rows, cols = x.shape
     nb = cols // QK_K
@@ -729,7 +729,7 @@ def _encode_iq2_s_rows(x, qw, pos, kmap, nb_off, nb_list, out, ok, trials):
                 ok[0] = False
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _iq3_s_block(x, qw, use_qw, o, pos, kmap, nb_off, nb_list, scales, weight, xval, L, Laux, waux, is_on_grid,
                  is_on_grid_aux, block_signs, trials):
     """quantize_row_iq3_s_impl (block_size 32, grid 512), one 256-weight block in 8 groups of 32."""
@@ -794,7 +794,7 @@ def _iq3_s_block(x, qw, use_qw, o, pos, kmap, nb_off, nb_list, scales, weight, x
     return True
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def _encode_iq3_s_rows(x, qw, use_qw, pos, kmap, nb_off, nb_list, out, ok, trials):
     rows, cols = x.shape
     nb = cols // QK_K
@@ -822,7 +822,7 @@ def _encode_iq3_s_rows(x, qw, use_qw, pos, kmap, nb_off, nb_list, out, ok, trial
 # ----------------------------------------------------------------- decoders
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def _decode_iq2_xxs_rows(data, values, ksigns, out):
     rows, cols = out.shape
     nb = cols // QK_K
@@ -844,7 +844,7 @@ def _decode_iq2_xxs_rows(data, values, ksigns, out):
                     out[r, b * QK_K + 32 * ib + 8 * l + j] = db * values[g, j] * sign
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def _decode_iq2_xs_rows(data, values, ksigns, out):
     rows, cols = out.shape
     nb = cols // QK_K
@@ -867,7 +867,7 @@ def _decode_iq2_xs_rows(data, values, ksigns, out):
                     out[r, b * QK_K + 32 * ib + 8 * l + j] = db * values[g, j] * sign
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def _decode_iq3_xxs_rows(data, values, ksigns, out):
     rows, cols = out.shape
     nb = cols // QK_K
@@ -892,7 +892,7 @@ def _decode_iq3_xxs_rows(data, values, ksigns, out):
                     out[r, b * QK_K + 32 * ib + 8 * l + j + 4] = db * values[g2, j] * s2
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def _decode_iq2_s_rows(data, values, out):
     rows, cols = out.shape
     nb = cols // QK_K
@@ -915,7 +915,7 @@ def _decode_iq2_s_rows(data, values, out):
                     out[r, b * QK_K + 32 * ib + 8 * l + j] = db * values[g, j] * sign
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def _decode_iq3_s_rows(data, values, out):
     rows, cols = out.shape
     nb = cols // QK_K

@@ -36,7 +36,7 @@ F0 = np.float32(0.0)
 F1 = np.float32(1.0)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _pack2(L, qs):
     """2-bit packing shared by Q2_K and Q3_K: byte j/4+l holds L[j+l+32*k] << 2k."""
     for j in range(0, QK_K, 128):
@@ -48,7 +48,7 @@ def _pack2(L, qs):
 # ----------------------------------------------------------------- Q2_K
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def _q2_K_block(x, qw, use_qw, o, L, S, weights, mins, scales, sw, Ls, Lm):
     sbytes = o[0:16]
     if not use_qw:
@@ -124,7 +124,7 @@ def _q2_K_block(x, qw, use_qw, o, L, S, weights, mins, scales, sw, Ls, Lm):
     _pack2(L, o[16:80])
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(parallel=True, nogil=True, cache=True, error_model="numpy")
 def encode_q2_K_rows(x, qw, use_qw, out):
     rows, cols = x.shape
     nb = cols // QK_K
@@ -146,7 +146,7 @@ def encode_q2_K_rows(x, qw, use_qw, out):
                         use_qw, out[r, b * 84:(b + 1) * 84], L, S, weights, mins, scales, sw, Ls, Lm)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def decode_q2_K_rows(data, out):
     rows, cols = out.shape
     nb = cols // QK_K
@@ -167,7 +167,7 @@ def decode_q2_K_rows(data, out):
 # ----------------------------------------------------------------- Q3_K
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def _q3_K_block(x, qw, use_qw, o, Lw, weight, scales, sw, Ls, L8, S):
     # Lw: int8 levels; o: 110 bytes
     sb = o[96:108]
@@ -254,7 +254,7 @@ def _q3_K_block(x, qw, use_qw, o, Lw, weight, scales, sw, Ls, L8, S):
     _pack2(L8, o[32:96])
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(parallel=True, nogil=True, cache=True, error_model="numpy")
 def encode_q3_K_rows(x, qw, use_qw, out):
     rows, cols = x.shape
     nb = cols // QK_K
@@ -275,7 +275,7 @@ def encode_q3_K_rows(x, qw, use_qw, out):
                         use_qw, out[r, b * 110:(b + 1) * 110], Lw, weight, scales, sw, Ls, L8, S)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def decode_q3_K_rows(data, out):
     rows, cols = out.shape
     nb = cols // QK_K
@@ -301,7 +301,7 @@ def decode_q3_K_rows(data, out):
 # ----------------------------------------------------------------- Q4_K / Q5_K
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _set_scale_min_k4(sb, j, ls, lm):
     if j < 4:
         sb[j] = ls
@@ -312,7 +312,7 @@ def _set_scale_min_k4(sb, j, ls, lm):
         sb[j] = np.int64(sb[j]) | ((lm >> 4) << 6)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _get_scale_min_k4(j, q):
     """ggml-quants.c get_scale_min_k4."""
     if j < 4:
@@ -322,7 +322,7 @@ def _get_scale_min_k4(j, q):
     return d, m
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def _q45_K_levels(x, qw, use_qw, nmax, ref_rmin, ref_rdelta, ref_nstep, o, L, S, weights, mins, scales, sw, Ls, Lm):
     """Scales, mins and levels of one Q4_K (nmax=15) or Q5_K (nmax=31) super-block.
 
@@ -394,7 +394,7 @@ def _q45_K_levels(x, qw, use_qw, nmax, ref_rmin, ref_rdelta, ref_nstep, o, L, S,
             L[32 * j + ii] = max(0, min(nmax, l))
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(parallel=True, nogil=True, cache=True, error_model="numpy")
 def encode_q45_K_rows(x, qw, use_qw, out, q5):
     """Q4_K (q5 False) and Q5_K (q5 True): one kernel, so that it compiles once."""
     rows, cols = x.shape
@@ -447,7 +447,7 @@ def encode_q45_K_rows(x, qw, use_qw, out, q5):
                 m2 <<= 2
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def decode_q4_K_rows(data, out):
     rows, cols = out.shape
     nb = cols // QK_K
@@ -467,7 +467,7 @@ def decode_q4_K_rows(data, out):
                 out[r, b * QK_K + 32 * j + l] = d1 * np.float32(q) - m1
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def decode_q5_K_rows(data, out):
     rows, cols = out.shape
     nb = cols // QK_K
@@ -491,7 +491,7 @@ def decode_q5_K_rows(data, out):
 # ----------------------------------------------------------------- Q6_K
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(parallel=True, nogil=True, cache=True, error_model="numpy")
 def encode_q6_K_rows(x, qw, use_qw, out):
     """quantize_row_q6_K_ref (no weights) / quantize_row_q6_K_impl (weights)."""
     rows, cols = x.shape
@@ -553,7 +553,7 @@ def encode_q6_K_rows(x, qw, use_qw, out):
                     qh[l] = ((a0 >> 4) | ((a1 >> 4) << 2) | ((a2 >> 4) << 4) | ((a3 >> 4) << 6)) & 0xFF
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def decode_q6_K_rows(data, out):
     rows, cols = out.shape
     nb = cols // QK_K

@@ -28,12 +28,12 @@ F0 = np.float32(0.0)
 F1 = np.float32(1.0)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _chunks(total):
     return min(total, 4096)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _row_sigma2(x, sig):
     """sum_x2/n_per_row of the *_impl functions, one value per row (sequential sum)."""
     rows, cols = x.shape
@@ -44,7 +44,7 @@ def _row_sigma2(x, sig):
         sig[r] = s / np.float32(cols)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _weights(xb, qw, sigma2, weight):
     # weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j])
     for j in range(xb.shape[0]):
@@ -54,7 +54,7 @@ def _weights(xb, qw, sigma2, weight):
 # ----------------------------------------------------------------- Q8_0
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def encode_q8_0_rows(x, out):
     """quantize_row_q8_0_ref."""
     rows, cols = x.shape
@@ -74,7 +74,7 @@ def encode_q8_0_rows(x, out):
             o[2 + j] = trunc_to_i8(roundf(xb[j] * idv)) & 0xFF
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def decode_q8_0_rows(data, out):
     rows, cols = out.shape
     nb = cols // QK
@@ -93,7 +93,7 @@ def decode_q8_0_rows(data, out):
 # ----------------------------------------------------------------- Q4_0 / Q5_0
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def encode_q4_0_rows(x, qw, use_qw, out):
     """quantize_row_q4_0_ref, or quantize_row_q4_0_impl when weights are given."""
     rows, cols = x.shape
@@ -137,7 +137,7 @@ def encode_q4_0_rows(x, qw, use_qw, out):
                 o[2 + j] = (xi0 | (xi1 << 4)) & 0xFF
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def decode_q4_0_rows(data, out):
     rows, cols = out.shape
     nb = cols // QK
@@ -152,7 +152,7 @@ def decode_q4_0_rows(data, out):
             out[r, b * QK + j + 16] = d * np.float32((q >> 4) - 8)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def encode_q5_0_rows(x, qw, use_qw, out):
     """quantize_row_q5_0_ref, or quantize_row_q5_0_impl when weights are given."""
     rows, cols = x.shape
@@ -201,7 +201,7 @@ def encode_q5_0_rows(x, qw, use_qw, out):
                 o[2 + k] = (qh >> (8 * k)) & 0xFF
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def decode_q5_0_rows(data, out):
     rows, cols = out.shape
     nb = cols // QK
@@ -222,7 +222,7 @@ def decode_q5_0_rows(data, out):
 # ----------------------------------------------------------------- Q4_1 / Q5_1
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def encode_q4_1_rows(x, qw, use_qw, out):
     """quantize_row_q4_1_ref, or quantize_row_q4_1_impl when weights are given."""
     rows, cols = x.shape
@@ -269,7 +269,7 @@ def encode_q4_1_rows(x, qw, use_qw, out):
                 o[4 + j] = (xi0 | (xi1 << 4)) & 0xFF
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def decode_q4_1_rows(data, out):
     rows, cols = out.shape
     nb = cols // QK
@@ -285,7 +285,7 @@ def decode_q4_1_rows(data, out):
             out[r, b * QK + j + 16] = d * np.float32(q >> 4) + m
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def encode_q5_1_rows(x, qw, use_qw, out):
     """quantize_row_q5_1_ref, or quantize_row_q5_1_impl when weights are given."""
     rows, cols = x.shape
@@ -339,7 +339,7 @@ def encode_q5_1_rows(x, qw, use_qw, out):
                 o[4 + k] = (qh >> (8 * k)) & 0xFF
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def decode_q5_1_rows(data, out):
     rows, cols = out.shape
     nb = cols // QK

@@ -28,18 +28,20 @@ from numba import njit, prange
 
 from quantkit.errors import BadInput
 
-from . import floats, iq4, iquants, kquants, legacy
+from . import floats, iq1, iq4, iquants, kquants, legacy
 
 # Every encoder is called the same way, encode(x, importance, effort). `effort` ("exact" | "fast") only changes
-# the IQ2/IQ3 grid types' scale search (iquants.SCALE_TRIALS); the other types have no such search and ignore it.
+# the IQ2/IQ3 grid types' scale search (iquants.SCALE_TRIALS); the other types (IQ1_S / IQ1_M: their split search is
+# exhaustive) have no such search and ignore it.
 Encoder = Callable[[np.ndarray, "np.ndarray | None", str], np.ndarray]
 Decoder = Callable[[np.ndarray, int], np.ndarray]
 
 
 FLOATS = ("F32", "F16", "BF16")
 # llama-quant.cpp tensor_type_fallback: the type written for rows its block does not divide
-FALLBACK = {"IQ2_XXS": "IQ4_NL", "IQ2_XS": "IQ4_NL", "IQ2_S": "IQ4_NL", "IQ3_XXS": "IQ4_NL", "IQ3_S": "IQ4_NL",
-            "IQ4_XS": "IQ4_NL", "Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+FALLBACK = {"IQ1_S": "IQ4_NL", "IQ1_M": "IQ4_NL", "IQ2_XXS": "IQ4_NL", "IQ2_XS": "IQ4_NL", "IQ2_S": "IQ4_NL",
+            "IQ3_XXS": "IQ4_NL", "IQ3_S": "IQ4_NL", "IQ4_XS": "IQ4_NL", "Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0",
+            "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,8 @@ TYPES: dict[str, BlockType] = {
         _bt("IQ3_XXS", 256, 98, iquants.encode_iq3_xxs, iquants.decode_iq3_xxs, True),
         _bt("IQ2_S", 256, 82, iquants.encode_iq2_s, iquants.decode_iq2_s, True),
         _bt("IQ3_S", 256, 110, iquants.encode_iq3_s, iquants.decode_iq3_s),  # llama.cpp: no imatrix required
+        _bt("IQ1_S", 256, 50, iq1.encode_iq1_s, iq1.decode_iq1_s, True),
+        _bt("IQ1_M", 256, 56, iq1.encode_iq1_m, iq1.decode_iq1_m, True),
     ]
 }
 
@@ -153,7 +157,7 @@ def fallback_type(type_name: str, cols: int) -> str:
     return fb
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def _first_nonfinite(x):
     rows, cols = x.shape
     bad = np.full(rows, -1, np.int64)
@@ -187,7 +191,7 @@ def quantize(type_name: str, array2d: np.ndarray, importance: np.ndarray | None 
     same F32 rows (llama_model_quantize without an imatrix); with it, the
     imatrix-weighted search of the matching ``quantize_row_*_impl``.
     Raises BadInput for unknown types, rows that do not fit the block size,
-    NaN/Inf weights or importance, and missing importance for IQ2/IQ3 types.
+    NaN/Inf weights or importance, and missing importance for the IQ1/IQ2 types and IQ3_XXS.
     ``effort="fast"`` shortens the IQ2/IQ3 grid types' scale search (iquants.SCALE_TRIALS):
     still valid blocks of the same type, no longer llama.cpp's bytes.
     ``keep_nonfinite`` stores Inf and NaN as they are in the float types (an mmproj's unclipped bounds are ±Inf).

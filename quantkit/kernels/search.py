@@ -19,7 +19,7 @@ F0 = np.float32(0.0)
 F1 = np.float32(1.0)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _signed_absmax(n, x):
     """(the first element of largest magnitude, that magnitude), as ggml's searches find them."""
     mx = F0
@@ -32,7 +32,7 @@ def _signed_absmax(n, x):
     return mx, amax
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def make_q3_quants(n, nmax, x, L, do_rmse):
     """ggml-quants.c make_q3_quants (Q3_K reference path)."""
     mx, amax = _signed_absmax(n, x)
@@ -95,12 +95,12 @@ MAGIC = np.float32(12582912.0)  # 1.5 * 2^23, see fp.nearest_int
 SCRATCH_N = 40  # >= the longest group (32) and the make_qx_quants trial count (19)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def scratch():
     return np.empty((8, SCRATCH_N), np.float32)
 
 
-@njit(cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always")
 def _level(v, lo, hi):
     """float32(MAX(lo, MIN(hi, nearest_int(v)))), with nearest_int done in int32 bit for bit."""
     b = f32_as_i32(v + MAGIC)
@@ -112,7 +112,7 @@ def _level(v, lo, hi):
     return np.float32(l)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def make_qkx_quants(n, nmax, x, weights, L, rmin, rdelta, nstep, use_mad, S):
     """ggml-quants.c make_qkx2_quants; also make_qkx3_quants with non-NULL weights
     (the same function then: max <= min can only mean max == min).
@@ -215,7 +215,7 @@ def make_qkx_quants(n, nmax, x, weights, L, rmin, rdelta, nstep, use_mad, S):
 QX_TRIALS = 19  # make_qx_quants: iscale = -nmax/max, then is = -9..-1, 1..9
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def make_qx_quants(n, nmax, x, w, L, S):
     """ggml-quants.c make_qx_quants with rmse_type 1; ``w`` is quant_weights, or x*x for NULL.
 
@@ -264,7 +264,7 @@ def make_qx_quants(n, nmax, x, w, L, S):
     return scale
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def make_qp_quants(n, nmax, x, L, qw):
     """ggml-quants.c make_qp_quants: non-negative levels in [0, nmax] for scales/mins."""
     mx = F0
@@ -331,7 +331,7 @@ def make_qp_quants(n, nmax, x, L, qw):
     return sumlx / suml2 if suml2 > F0 else F0
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def best_index_int8(n, val, x):
     """ggml-quants.c best_index_int8; ``val`` holds the int8 table as float32."""
     if x <= val[0]:

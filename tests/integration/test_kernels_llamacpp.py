@@ -7,7 +7,8 @@
   must equal quantkit's bytes for the same F32 data.
 * With importance weights: the same through ``llama_model_quantize`` with an
   imatrix (random positive per-column values; the real activations are not
-  needed to compare arithmetic).
+  needed to compare arithmetic). The types llama.cpp only writes with an
+  imatrix (IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS) are checked here only.
 * IQ2_XXS / IQ2_XS / IQ3_XXS: a full 270M GGUF using quantkit's IQ tensors
   loads in llama.cpp and produces finite logits; weighted reconstruction errors
   on real tensors are printed next to Q2_K / Q3_K.
@@ -37,7 +38,7 @@ NTHREAD = 2
 
 PLAIN_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS", "IQ3_S"]
 IMATRIX_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS",
-                 "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ2_S", "IQ3_S"]
+                 "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ2_S", "IQ3_S", "IQ1_S", "IQ1_M"]
 REAL_LAYERS = ("blk.0.", "blk.17.")
 
 

@@ -3,14 +3,16 @@ Gemma 3 270M F32 base.
 
 * For every preset, `llama_model_quantize` writes a file; quantkit's `recipes.like` must name the same type for
   every tensor (read back with quantkit's GGUFFile).
-* The 270M's 640-wide rows send most 256-block types to their fallbacks and its n_gqa is 4, so for the IQ2_S /
-  IQ2_M / IQ3_XS / IQ3_S / IQ3_M presets the plans are also checked on small synthetic layouts with 256-wide rows
-  (n_gqa 2; Gemma 4 E-style PLE with KV-shared layers; MoE with 4 and 8 experts), with and without an imatrix.
+* The 270M's 640-wide rows send most 256-block types to their fallbacks and its n_gqa is 4, so for the IQ1_S /
+  IQ1_M / IQ2_S / IQ2_M / IQ3_XS / IQ3_S / IQ3_M presets the plans are also checked on small synthetic layouts
+  with 256-wide rows (n_gqa 2; Gemma 4 E-style PLE with KV-shared layers; MoE with 4 and 8 experts), with and
+  without an imatrix.
 * An imatrix captured by quantkit on calibration text is written as a llama.cpp GGUF imatrix, read back, turned into
   importance (in_sum2 / counts, as tools/quantize does) and handed to `llama_model_quantize` through its
   `llama_model_imatrix_data` array (the struct is plain name/data/size, so ctypes is enough; the llama-quantize
-  CLI path reads the same file format through common_imatrix_load). IQ3_XXS / IQ2_XXS / IQ2_S / IQ2_M require
-  it; for Q4_0 and Q4_K_M the quantized bytes must equal quantkit's importance-weighted encoder on the same tensors.
+  CLI path reads the same file format through common_imatrix_load). IQ3_XXS / IQ2_XXS / IQ2_S / IQ2_M / IQ1_S /
+  IQ1_M require it; for Q4_0 and Q4_K_M the quantized bytes must equal quantkit's importance-weighted encoder on
+  the same tensors.
 
 Run: .venv/bin/pytest -m integration tests/integration/test_recipes_llamacpp.py -s
 """
@@ -33,8 +35,8 @@ from .llamacpp import copy_metadata, llama_quantize  # noqa: E402
 pytestmark = pytest.mark.integration
 
 PRESETS = ["Q2_K", "Q3_K_M", "Q3_K_S", "Q4_0", "Q4_K_M", "Q4_K_S", "Q5_K_M", "Q6_K", "Q8_0", "IQ4_XS",
-           "IQ3_XXS", "IQ2_XXS", "IQ2_S", "IQ2_M", "IQ3_XS", "IQ3_S", "IQ3_M"]
-NEEDS_IMATRIX = ("IQ3_XXS", "IQ2_XXS", "IQ2_S", "IQ2_M")
+           "IQ3_XXS", "IQ2_XXS", "IQ2_S", "IQ2_M", "IQ3_XS", "IQ3_S", "IQ3_M", "IQ1_S", "IQ1_M"]
+NEEDS_IMATRIX = ("IQ3_XXS", "IQ2_XXS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M")
 # presets run without an imatrix above that are run with one too (the IQ3 presets' rules do not read it; on the
 # 270M their IQ3_XXS picks fall back to IQ4_NL on the 640-wide rows, so llama.cpp does not require one)
 ALSO_WITH_IMATRIX = ["IQ3_XS", "IQ3_S", "IQ3_M"]
@@ -85,8 +87,8 @@ def _check_plan(preset, imp, base, f32_270m, tmp_path):
 # layout -> (kv heads of 4 heads, experts, PLE width, KV-shared trailing layers); 8 layers, hidden 256
 SYNTH_LAYERS = 8
 SYNTH_LAYOUTS = {"gqa2": (2, 0, 0, 0), "e-ple-kv-shared": (1, 0, 256, 2), "moe4": (1, 4, 0, 0), "moe8": (2, 8, 0, 0)}
-SYNTH_PRESETS = ["IQ2_S", "IQ2_M", "IQ3_XS", "IQ3_S", "IQ3_M"]
-SYNTH_NO_IMATRIX = ("IQ3_S", "IQ3_M")  # the others give IQ2_* / IQ3_XXS tensors there, which need one
+SYNTH_PRESETS = ["IQ2_S", "IQ2_M", "IQ3_XS", "IQ3_S", "IQ3_M", "IQ1_S", "IQ1_M"]
+SYNTH_NO_IMATRIX = ("IQ3_S", "IQ3_M")  # the others give IQ1_* / IQ2_* / IQ3_XXS tensors there, which need one
 
 
 def _synthetic_spec(n_kv, n_experts, ple, shared):

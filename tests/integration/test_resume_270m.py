@@ -1,9 +1,9 @@
 """Repeatability and resume on the real Gemma 3 270M, through the installed `quantkit` command:
 
-a run stopped with SIGINT once some blocks are checkpointed (exit 130, the work folder kept), then continued with
-`--resume`, writes the same bytes as an uninterrupted run, and says which blocks it did not redo. Its blocks come
-from two processes and the uninterrupted run's from a third, so this also shows that runs with the same options
-write byte-identical GGUFs (the fast tier's tests/test_resume.py checks that directly on tiny models).
+a run stopped with SIGINT once some blocks are checkpointed (within 5 seconds, exit 130, the work folder kept), then
+continued with `--resume`, writes the same bytes as an uninterrupted run, and says which blocks it did not redo. Its
+blocks come from two processes and the uninterrupted run's from a third, so this also shows that runs with the same
+options write byte-identical GGUFs (the fast tier's tests/test_resume.py checks that directly on tiny models).
 
 The options keep it short: llama.cpp's Q4_K_M types, 2048 calibration tokens, no evaluation. Each run prints its
 file size and sha256.
@@ -68,8 +68,12 @@ def test_sigint_then_resume_gives_the_same_bytes(first, tmp_path):
         assert p.poll() is None, f"compress ended before block {STOP}: {p.communicate()}"
         assert time.monotonic() < deadline, f"block {STOP} never started"
         time.sleep(0.05)
+    t = time.monotonic()
     p.send_signal(signal.SIGINT)
     stdout, stderr = p.communicate(timeout=300)
+    took = time.monotonic() - t
+    print(f"\nSIGINT in block {STOP}'s GPTQ: the run ended {took:.2f} s later")
+    assert took < 5, f"the run ended {took:.1f} s after SIGINT"
     assert p.returncode == 130, stderr
     assert [line for line in stderr.splitlines() if line.strip()] == ["interrupted"]
     assert not list(tmp_path.glob("*.gguf"))
