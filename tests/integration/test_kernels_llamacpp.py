@@ -28,6 +28,7 @@ import gguf  # noqa: E402
 import llama_cpp  # noqa: E402  (test dependency: missing must fail, not skip)
 
 from quantkit.formats.gguf_model import FILE_TYPE  # noqa: E402
+from quantkit.formats.gguf_reader import GGUFFile  # noqa: E402
 from quantkit.kernels import group, registry  # noqa: E402
 
 from .llamacpp import copy_metadata, llama_quantize  # noqa: E402
@@ -58,13 +59,21 @@ def _adversarial(cols: int, rng) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def f32_source(real_gguf, tmp_path_factory):
-    """Reduced F32 GGUF: gemma3 metadata + two real layers + random tensors."""
+def real_reader(real_gguf) -> gguf.GGUFReader:
+    """gguf-py's reader of the 270M, made once: it parses the 262,144-entry tokenizer arrays in Python (about 10 s)."""
+    return gguf.GGUFReader(str(real_gguf))
+
+
+@pytest.fixture(scope="module")
+def f32_source(real_reader, tmp_path_factory):
+    """Reduced F32 GGUF: gemma3 metadata without the tokenizer (llama_model_quantize reads hparams only, and every
+    file made from it is read back with gguf-py, which would spend seconds on the vocabulary) + two real layers +
+    random tensors."""
     rng = np.random.default_rng(7)
-    reader = gguf.GGUFReader(str(real_gguf))
+    reader = real_reader
     path = tmp_path_factory.mktemp("f32") / "source-f32.gguf"
     writer = gguf.GGUFWriter(str(path), "gemma3")
-    copy_metadata(reader, writer)
+    copy_metadata(reader, writer, skip=("tokenizer.",))
     writer.add_file_type(0)  # ALL_F32
     tensors: dict[str, np.ndarray] = {}
     for t in reader.tensors:
@@ -164,8 +173,8 @@ def _proxy_importance(w: np.ndarray, seed: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def iq_model(real_gguf, tmp_path_factory):
-    reader = gguf.GGUFReader(str(real_gguf))
+def iq_model(real_reader, tmp_path_factory):
+    reader = real_reader
     path = tmp_path_factory.mktemp("iq") / "gemma-3-270m-iq.gguf"
     writer = gguf.GGUFWriter(str(path), "gemma3")
     copy_metadata(reader, writer)
@@ -196,8 +205,9 @@ def iq_model(real_gguf, tmp_path_factory):
 def test_iq_model_loads_and_runs(iq_model, real_gguf):
     path, used = iq_model
     assert {"IQ2_XXS", "IQ2_XS", "IQ3_XXS"} <= set(used.values())
-    reader = gguf.GGUFReader(str(path))
-    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    f = GGUFFile(path)  # quantkit's reader: gguf-py's would parse the tokenizer again
+    types = {name: t.ggml_type.name for name, t in f.tensors.items()}
+    f.close()
     for name, q in used.items():
         assert types[name] == q
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_threads=NTHREAD, logits_all=True, verbose=False)
@@ -216,9 +226,8 @@ def test_iq_model_loads_and_runs(iq_model, real_gguf):
     assert corr > 0.3
 
 
-def test_iq_weighted_error_on_real_tensors(real_gguf):
-    reader = gguf.GGUFReader(str(real_gguf))
-    picks = [t for t in reader.tensors
+def test_iq_weighted_error_on_real_tensors(real_reader):
+    picks = [t for t in real_reader.tensors
              if t.name in ("blk.0.ffn_down.weight", "blk.9.ffn_down.weight", "blk.17.attn_output.weight")]
     assert len(picks) == 3
     print()
