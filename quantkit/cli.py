@@ -140,9 +140,9 @@ def parse_size(text: str) -> int:
               help="gptq: error feedback inside the ggml formats; imatrix: llama.cpp's importance-weighted search; rtn: llama.cpp's data-free rounding.")
 @click.option("--calib", default="c4", show_default=True, metavar="SRC", help="Calibration text. " + TEXT_HELP)
 @click.option("--calib-tokens", type=click.IntRange(min=512),
-              help="Calibration tokens (in 512-token sequences). Default: 65,536 for models of up to 128 Mi decoder "
-                   "linear weights per token (the 270M has 100 M), proportionally fewer for larger ones so that a "
-                   "calibration pass costs about the same (E2B: 4,608), at least 4,096.")
+              help="Calibration tokens (in 512-token sequences). Default: 16,384 for models of up to 512 Mi decoder "
+                   "linear weights per token (the 270M has 100 M); above that 65,536 x 128 Mi / the model's, so that "
+                   "a calibration pass costs about the same (E2B: 4,608); at least 4,096.")
 @click.option("--text", default="wiki", show_default=True, metavar="SRC", help="Evaluation text for the report. " + TEXT_HELP)
 @click.option("--tokens", "eval_tokens", default=8192, show_default=True, type=click.IntRange(min=0), help="Evaluation tokens for the report; 0 skips evaluation.")
 @click.option("--judge", type=click.Choice(["quantkit", "llama.cpp"]), default="quantkit", show_default=True, help="Who evaluates the build (llama.cpp needs llama-cpp-python).")

@@ -95,11 +95,11 @@ def test_cli_version_and_help():
         assert opt in h
 
 
-@pytest.mark.parametrize("weights, tokens", [(10_000_000, 65536), (128 * 2**20, 65536), (100_270_080, 65536),
-                                             (1_835_532_288, 4608), (256 * 2**20, 32768), (10**12, 4096)])
+@pytest.mark.parametrize("weights, tokens", [(10_000_000, 16384), (100_270_080, 16384), (512 * 2**20, 16384),
+                                             (640 * 2**20, 12800), (1_835_532_288, 4608), (10**12, 4096)])
 def test_default_calibration_size_by_model(monkeypatch, weights, tokens):
-    """65,536 tokens up to 128 Mi linear weights per token, proportionally fewer above (whole 512-token sequences),
-    never below 4,096; E2B (1,835,532,288) gets 9 sequences."""
+    """16,384 tokens up to 512 Mi linear weights per token, above that 128 x 512 tokens x 128 Mi weights / the
+    model's (whole 512-token sequences), never below 4,096; E2B (1,835,532,288) gets 9 sequences."""
     from quantkit import options
 
     monkeypatch.setattr(options, "linear_weights_per_token", lambda source: weights)
