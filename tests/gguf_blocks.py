@@ -31,3 +31,12 @@ def decode_both(qname: str, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(all="ignore"):
         ref = gq.dequantize(data, GGMLQuantizationType[qname]).reshape(data.shape[0], cols)
     return ours, ref
+
+
+def assert_layout_covers(qname: str, layout: dict[str, tuple[int, int]], first: int) -> None:
+    """The named fields of a block layout tile the block from byte `first` (after any fields not named) to its end,
+    which is the block size both gguf-py and the registry give."""
+    ts = GGML_QUANT_SIZES[GGMLQuantizationType[qname]][1]
+    spans = sorted(layout.values())
+    assert spans[0][0] == first and spans[-1][1] == ts == registry.get(qname).bytes_per_block
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))

@@ -15,7 +15,7 @@ import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import quants as gq
 
-from gguf_blocks import bits_equal, decode_both, field
+from gguf_blocks import assert_layout_covers, bits_equal, decode_both, field
 from quantkit.errors import BadInput
 from quantkit.kernels import iqgrid, iquants, registry
 
@@ -41,10 +41,7 @@ def rng():
 
 @pytest.mark.parametrize("qname", TYPES)
 def test_layout_covers_the_block(qname):
-    ts = GGML_QUANT_SIZES[GGMLQuantizationType[qname]][1]
-    spans = sorted(LAYOUT[qname].values())
-    assert spans[0][0] == 2 and spans[-1][1] == ts == registry.get(qname).bytes_per_block
-    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert_layout_covers(qname, LAYOUT[qname], 2)
 
 
 @pytest.mark.parametrize("qname", TYPES)
