@@ -153,8 +153,8 @@ def test_imatrix_command_feeds_llama_quantize(f32_270m, weights, tmp_path):
     out = llama_quantize_cli(f32_270m, tmp_path / "iq2.gguf", "IQ2_XXS", imatrix=path, pure=True,
                              token_embedding_type="q8_0")
     stats = read_imatrix(path).stats()
-    kind, data = _tensors(out)["blk.3.ffn_down.weight"]
     g = "blk.3.ffn_down.weight"  # 2048-wide rows: IQ2_XXS itself (the 640-wide ones fall back to IQ4_NL)
+    kind, data = _tensors(out)[g]
     assert kind == "IQ2_XXS"
     ours = quantize_tensor("imatrix", weights[g], "IQ2_XXS", stats[names.from_gguf(g)]).data
     np.testing.assert_array_equal(ours.reshape(-1), data, err_msg=g)
