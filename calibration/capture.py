@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from quantkit.models import matmul
 from quantkit.models.gemma import Gemma, State, gelu
 from quantkit.models.spec import ModelSpec
 
@@ -177,7 +178,7 @@ class Capture:
         xf = x.float()
         h = None
         if self.hessian:
-            h = (xf.T @ xf).numpy()
+            h = matmul.gram(xf).numpy()
         if h is not None and self.on_linear is not None:
             s2 = np.diag(h).astype(np.float64)  # one batch (the whole set): no sum, float32 X^T X is enough
         else:
@@ -228,7 +229,7 @@ class Capture:
         acc.sum_x2[e] += xf.double().pow(2).sum(0).numpy()
         acc.count[e] += x.shape[0]
         if acc.h is not None:
-            acc.h[e] += (xf.T @ xf).double().numpy()
+            acc.h[e] += matmul.gram(xf).double().numpy()
 
     # ------------------------------------------------------------------ stages
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from quantkit.calibration.capture import LinearStats
 from quantkit.errors import BadInput
@@ -48,12 +48,12 @@ class Quantized:
 # ---------------------------------------------------------------- the column loop
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _gptq_columns(W1, U1, A, B, Z, lv, uni, j0, j1, codes, Q, Err):
     """Round columns j0..j1-1 of the batch W1 on the fixed grids (A, B, Z: [rows, j1 - j0]) and feed each
     column's error forward to the batch's later columns. Rows are independent."""
     rows, nb = W1.shape
-    for r in prange(rows):
+    for r in range(rows):
         for j in range(j0, j1):
             w = W1[r, j]
             a = A[r, j - j0]
@@ -201,8 +201,8 @@ def _block_order(diag: np.ndarray, bs: int, act_order: bool) -> np.ndarray:
 
 
 # The column loop makes many small kernel calls per tensor (one scale search, one grid read and one column pass per
-# block). Each is too small to gain from Numba's thread pool, and launching it costs more than the work on a loaded
-# machine (BLAS/OpenMP threads of the batch updates still spinning): measured 2-9x slower than single-threaded.
+# block). Each is too small to gain from threads (registry.in_row_ranges), and handing it out costs more than the
+# work on a loaded machine (BLAS/OpenMP threads of the batch updates still spinning): measured 2-9x slower.
 LOOP_THREADS = 1
 
 

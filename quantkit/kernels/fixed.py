@@ -29,7 +29,7 @@ A * levels[code] + B.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from quantkit.errors import BadInput
 
@@ -75,11 +75,11 @@ def _f16(o, pos):
     return fp16_to_fp32(np.int64(o[pos]) | (np.int64(o[pos + 1]) << 8))
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _params_kernel(kind, bs, nbytes, data, A, B):
     rows, cols = A.shape
     nb = cols // bs
-    for t in prange(rows * nb):
+    for t in range(rows * nb):
         r = t // nb
         b = t % nb
         o = data[r, b * nbytes:(b + 1) * nbytes]
@@ -138,11 +138,11 @@ def _params_kernel(kind, bs, nbytes, data, A, B):
                     a[32 * ib + j] = dl
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _pack_kernel(kind, bs, nbytes, codes, data):
     rows, cols = codes.shape
     nb = cols // bs
-    for t in prange(rows * nb):
+    for t in range(rows * nb):
         r = t // nb
         b = t % nb
         o = data[r, b * nbytes:(b + 1) * nbytes]
@@ -282,11 +282,11 @@ def nearest_code(w, a, b, z, lv, is_uniform):
     return best
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def round_to_levels(w, A, B, lv, is_uniform, codes, q):
     """Nearest representable value of every weight under fixed (A, B): codes and float32 values."""
     rows, cols = w.shape
-    for r in prange(rows):
+    for r in range(rows):
         for j in range(cols):
             k = nearest_code(w[r, j], A[r, j], B[r, j], np.float32(0.0), lv, is_uniform)
             codes[r, j] = k

@@ -10,39 +10,39 @@ Importance weights are accepted and ignored.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .fp import bf16_to_fp32, fp16_to_fp32, fp32_to_bf16, fp32_to_fp16
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _to_f16(x, out):
     rows, cols = x.shape
-    for r in prange(rows):
+    for r in range(rows):
         for j in range(cols):
             out[r, j] = fp32_to_fp16(x[r, j])
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _to_bf16(x, out):
     rows, cols = x.shape
-    for r in prange(rows):
+    for r in range(rows):
         for j in range(cols):
             out[r, j] = fp32_to_bf16(x[r, j])
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _from_f16(h, out):
     rows, cols = out.shape
-    for r in prange(rows):
+    for r in range(rows):
         for j in range(cols):
             out[r, j] = fp16_to_fp32(h[r, j])
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _from_bf16(h, out):
     rows, cols = out.shape
-    for r in prange(rows):
+    for r in range(rows):
         for j in range(cols):
             out[r, j] = bf16_to_fp32(h[r, j])
 

@@ -34,7 +34,7 @@ ggml's unweighted path (weights x^2).  Decoders follow
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .fp import fp16_to_fp32, fp32_to_fp16, get_f16, nearest_int, put_f16
 from .iqgrid import iq1s_grid
@@ -238,13 +238,13 @@ def _iq1_s_block(x, qw, o, levels, kmap, nb_off, nb_list, xs, scales, shifts, qh
     return True
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _encode_iq1_s_rows(x, qw, levels, kmap, nb_off, nb_list, xs, out, ok):
     rows, cols = x.shape
     nb = cols // QK_K
     total = rows * nb
     nch = min(total, 4096)
-    for c in prange(nch):
+    for c in range(nch):
         scales = np.zeros(8, np.float32)
         shifts = np.zeros(8, np.int64)
         qh = np.zeros(8, np.int64)
@@ -455,13 +455,13 @@ def _iq1_m_block(x, qw, use_qw, o, levels, kmap, nb_off, nb_list, xs, scales, sh
     return True
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _encode_iq1_m_rows(x, qw, use_qw, levels, kmap, nb_off, nb_list, xs, out, ok):
     rows, cols = x.shape
     nb = cols // QK_K
     total = rows * nb
     nch = min(total, 4096)
-    for c in prange(nch):
+    for c in range(nch):
         scales = np.zeros(16, np.float32)
         shifts = np.zeros(16, np.int64)
         qh = np.zeros(16, np.int64)
@@ -485,11 +485,11 @@ def _encode_iq1_m_rows(x, qw, use_qw, levels, kmap, nb_off, nb_list, xs, out, ok
 # ----------------------------------------------------------------- decoders
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _decode_iq1_s_rows(data, values, out):
     rows, cols = out.shape
     nb = cols // QK_K
-    for t in prange(rows * nb):
+    for t in range(rows * nb):
         r = t // nb
         b = t % nb
         o = data[r, b * 50:(b + 1) * 50]
@@ -504,11 +504,11 @@ def _decode_iq1_s_rows(data, values, out):
                     out[r, b * QK_K + 32 * ib + 8 * l + j] = dl * (values[g, j] + delta)
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _decode_iq1_m_rows(data, values, out):
     rows, cols = out.shape
     nb = cols // QK_K
-    for t in prange(rows * nb):
+    for t in range(rows * nb):
         r = t // nb
         b = t % nb
         o = data[r, b * 56:(b + 1) * 56]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 from gguf.quants import IQ4_NL as _GGUF_IQ4_NL
-from numba import njit, prange
+from numba import njit
 
 from .fp import GROUP_MAX_EPS, nearest_int, get_f16, put_f16
 from .search import best_index_int8
@@ -137,13 +137,13 @@ def iq4_nl_impl(sbs, x, qw, use_qw, values, ntry, o, scales, weight, L):
             o[qpos + 16 * i + j] = (np.int64(L[32 * i + j]) | (np.int64(L[32 * i + 16 + j]) << 4)) & 0xFF
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _encode_rows(x, qw, use_qw, values, sbs, nbytes, out):
     rows, cols = x.shape
     nb = cols // sbs
     total = rows * nb
     nch = min(total, 4096)
-    for c in prange(nch):
+    for c in range(nch):
         L = np.zeros(sbs, np.uint8)
         weight = np.zeros(32, np.float32)
         scales = np.zeros(sbs // 32, np.float32)
@@ -154,11 +154,11 @@ def _encode_rows(x, qw, use_qw, values, sbs, nbytes, out):
                         use_qw, values, 7, out[r, b * nbytes:(b + 1) * nbytes], scales, weight, L)
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def decode_iq4_nl_rows(data, values, out):
     rows, cols = out.shape
     nb = cols // 32
-    for t in prange(rows * nb):
+    for t in range(rows * nb):
         r = t // nb
         b = t % nb
         o = data[r, b * 18:(b + 1) * 18]
@@ -169,11 +169,11 @@ def decode_iq4_nl_rows(data, values, out):
             out[r, b * 32 + j + 16] = d * values[q >> 4]
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def decode_iq4_xs_rows(data, values, out):
     rows, cols = out.shape
     nb = cols // 256
-    for t in prange(rows * nb):
+    for t in range(rows * nb):
         r = t // nb
         b = t % nb
         o = data[r, b * 136:(b + 1) * 136]

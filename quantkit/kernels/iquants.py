@@ -38,7 +38,7 @@ Grids and sign tables come from gguf-py via ``iqgrid``.  Decoders follow
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .fp import nearest_int, get_f16, put_f16
 from .iqgrid import iq2s_grid, iq2xs_grid, iq2xxs_grid, iq3s_grid, iq3xxs_grid
@@ -234,13 +234,13 @@ def _iq2_xxs_block(x, qw, o, pos, kmap, nb_off, nb_list, scales, weight, xval, L
     return True
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _encode_iq2_xxs_rows(x, qw, pos, kmap, nb_off, nb_list, out, ok, trials):
     rows, cols = x.shape
     nb = cols // QK_K
     total = rows * nb
     nch = min(total, 4096)
-    for c in prange(nch):
+    for c in range(nch):
         scales = np.zeros(8, np.float32)
         weight = np.zeros(32, np.float32)
         xval = np.zeros(32, np.float32)
@@ -380,13 +380,13 @@ def _iq2_xs_block(x, qw, o, pos, kmap, nb_off, nb_list, scales, weight, xval, L,
     return True
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _encode_iq2_xs_rows(x, qw, pos, kmap, nb_off, nb_list, out, ok, trials):
     rows, cols = x.shape
     nb = cols // QK_K
     total = rows * nb
     nch = min(total, 4096)
-    for c in prange(nch):
+    for c in range(nch):
         scales = np.zeros(16, np.float32)
         weight = np.zeros(16, np.float32)
         xval = np.zeros(16, np.float32)
@@ -532,13 +532,13 @@ def _iq3_xxs_block(x, qw, use_qw, o, pos, kmap, nb_off, nb_list, scales, weight,
     return True
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _encode_iq3_xxs_rows(x, qw, use_qw, pos, kmap, nb_off, nb_list, out, ok, trials):
     rows, cols = x.shape
     nb = cols // QK_K
     total = rows * nb
     nch = min(total, 4096)
-    for c in prange(nch):
+    for c in range(nch):
         scales = np.zeros(8, np.float32)
         weight = np.zeros(32, np.float32)
         xval = np.zeros(32, np.float32)
@@ -704,13 +704,13 @@ def _iq2_s_block(x, qw, o, pos, kmap, nb_off, nb_list, scales, weight, xval, L, 
     return True
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _encode_iq2_s_rows(x, qw, pos, kmap, nb_off, nb_list, out, ok, trials):
     rows, cols = x.shape
     nb = cols // QK_K
     total = rows * nb
     nch = min(total, 4096)
-    for c in prange(nch):
+    for c in range(nch):
         scales = np.zeros(16, np.float32)
         weight = np.zeros(16, np.float32)
         xval = np.zeros(16, np.float32)
@@ -794,13 +794,13 @@ def _iq3_s_block(x, qw, use_qw, o, pos, kmap, nb_off, nb_list, scales, weight, x
     return True
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _encode_iq3_s_rows(x, qw, use_qw, pos, kmap, nb_off, nb_list, out, ok, trials):
     rows, cols = x.shape
     nb = cols // QK_K
     total = rows * nb
     nch = min(total, 4096)
-    for c in prange(nch):
+    for c in range(nch):
         scales = np.zeros(8, np.float32)
         weight = np.zeros(32, np.float32)
         xval = np.zeros(32, np.float32)
@@ -822,11 +822,11 @@ def _encode_iq3_s_rows(x, qw, use_qw, pos, kmap, nb_off, nb_list, out, ok, trial
 # ----------------------------------------------------------------- decoders
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _decode_iq2_xxs_rows(data, values, ksigns, out):
     rows, cols = out.shape
     nb = cols // QK_K
-    for t in prange(rows * nb):
+    for t in range(rows * nb):
         r = t // nb
         b = t % nb
         o = data[r, b * 66:(b + 1) * 66]
@@ -844,11 +844,11 @@ def _decode_iq2_xxs_rows(data, values, ksigns, out):
                     out[r, b * QK_K + 32 * ib + 8 * l + j] = db * values[g, j] * sign
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _decode_iq2_xs_rows(data, values, ksigns, out):
     rows, cols = out.shape
     nb = cols // QK_K
-    for t in prange(rows * nb):
+    for t in range(rows * nb):
         r = t // nb
         b = t % nb
         o = data[r, b * 74:(b + 1) * 74]
@@ -867,11 +867,11 @@ def _decode_iq2_xs_rows(data, values, ksigns, out):
                     out[r, b * QK_K + 32 * ib + 8 * l + j] = db * values[g, j] * sign
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _decode_iq3_xxs_rows(data, values, ksigns, out):
     rows, cols = out.shape
     nb = cols // QK_K
-    for t in prange(rows * nb):
+    for t in range(rows * nb):
         r = t // nb
         b = t % nb
         o = data[r, b * 98:(b + 1) * 98]
@@ -892,11 +892,11 @@ def _decode_iq3_xxs_rows(data, values, ksigns, out):
                     out[r, b * QK_K + 32 * ib + 8 * l + j + 4] = db * values[g2, j] * s2
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _decode_iq2_s_rows(data, values, out):
     rows, cols = out.shape
     nb = cols // QK_K
-    for t in prange(rows * nb):
+    for t in range(rows * nb):
         r = t // nb
         b = t % nb
         o = data[r, b * 82:(b + 1) * 82]
@@ -915,11 +915,11 @@ def _decode_iq2_s_rows(data, values, out):
                     out[r, b * QK_K + 32 * ib + 8 * l + j] = db * values[g, j] * sign
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _decode_iq3_s_rows(data, values, out):
     rows, cols = out.shape
     nb = cols // QK_K
-    for t in prange(rows * nb):
+    for t in range(rows * nb):
         r = t // nb
         b = t % nb
         o = data[r, b * 110:(b + 1) * 110]

@@ -26,7 +26,7 @@ float32 in C order.)  Decoders follow ``dequantize_row_q*_K``.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .fp import GROUP_MAX_EPS, nearest_int, to_i8, get_f16, put_f16
 from .search import make_q3_quants, make_qkx_quants, make_qp_quants, make_qx_quants, scratch
@@ -124,13 +124,13 @@ def _q2_K_block(x, qw, use_qw, o, L, S, weights, mins, scales, sw, Ls, Lm):
     _pack2(L, o[16:80])
 
 
-@njit(parallel=True, nogil=True, cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def encode_q2_K_rows(x, qw, use_qw, out):
     rows, cols = x.shape
     nb = cols // QK_K
     total = rows * nb
     nch = min(total, 4096)
-    for c in prange(nch):
+    for c in range(nch):
         L = np.zeros(QK_K, np.uint8)
         S = scratch()
         weights = np.zeros(16, np.float32)
@@ -146,11 +146,11 @@ def encode_q2_K_rows(x, qw, use_qw, out):
                         use_qw, out[r, b * 84:(b + 1) * 84], L, S, weights, mins, scales, sw, Ls, Lm)
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def decode_q2_K_rows(data, out):
     rows, cols = out.shape
     nb = cols // QK_K
-    for t in prange(rows * nb):
+    for t in range(rows * nb):
         r = t // nb
         b = t % nb
         o = data[r, b * 84:(b + 1) * 84]
@@ -254,13 +254,13 @@ def _q3_K_block(x, qw, use_qw, o, Lw, weight, scales, sw, Ls, L8, S):
     _pack2(L8, o[32:96])
 
 
-@njit(parallel=True, nogil=True, cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def encode_q3_K_rows(x, qw, use_qw, out):
     rows, cols = x.shape
     nb = cols // QK_K
     total = rows * nb
     nch = min(total, 4096)
-    for c in prange(nch):
+    for c in range(nch):
         Lw = np.zeros(QK_K, np.int8)
         L8 = np.zeros(QK_K, np.uint8)
         weight = np.zeros(16, np.float32)
@@ -275,11 +275,11 @@ def encode_q3_K_rows(x, qw, use_qw, out):
                         use_qw, out[r, b * 110:(b + 1) * 110], Lw, weight, scales, sw, Ls, L8, S)
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def decode_q3_K_rows(data, out):
     rows, cols = out.shape
     nb = cols // QK_K
-    for t in prange(rows * nb):
+    for t in range(rows * nb):
         r = t // nb
         b = t % nb
         o = data[r, b * 110:(b + 1) * 110]
@@ -394,7 +394,7 @@ def _q45_K_levels(x, qw, use_qw, nmax, ref_rmin, ref_rdelta, ref_nstep, o, L, S,
             L[32 * j + ii] = max(0, min(nmax, l))
 
 
-@njit(parallel=True, nogil=True, cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def encode_q45_K_rows(x, qw, use_qw, out, q5):
     """Q4_K (q5 False) and Q5_K (q5 True): one kernel, so that it compiles once."""
     rows, cols = x.shape
@@ -405,7 +405,7 @@ def encode_q45_K_rows(x, qw, use_qw, out, q5):
         nbytes, nmax, rmin, nstep = 176, 31, np.float32(-0.5), 15
     else:
         nbytes, nmax, rmin, nstep = 144, 15, np.float32(-1.0), 20
-    for c in prange(nch):
+    for c in range(nch):
         L = np.zeros(QK_K, np.uint8)
         S = scratch()
         weights = np.zeros(32, np.float32)
@@ -447,11 +447,11 @@ def encode_q45_K_rows(x, qw, use_qw, out, q5):
                 m2 <<= 2
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def decode_q4_K_rows(data, out):
     rows, cols = out.shape
     nb = cols // QK_K
-    for t in prange(rows * nb):
+    for t in range(rows * nb):
         r = t // nb
         b = t % nb
         o = data[r, b * 144:(b + 1) * 144]
@@ -467,11 +467,11 @@ def decode_q4_K_rows(data, out):
                 out[r, b * QK_K + 32 * j + l] = d1 * np.float32(q) - m1
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def decode_q5_K_rows(data, out):
     rows, cols = out.shape
     nb = cols // QK_K
-    for t in prange(rows * nb):
+    for t in range(rows * nb):
         r = t // nb
         b = t % nb
         o = data[r, b * 176:(b + 1) * 176]
@@ -491,14 +491,14 @@ def decode_q5_K_rows(data, out):
 # ----------------------------------------------------------------- Q6_K
 
 
-@njit(parallel=True, nogil=True, cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def encode_q6_K_rows(x, qw, use_qw, out):
     """quantize_row_q6_K_ref (no weights) / quantize_row_q6_K_impl (weights)."""
     rows, cols = x.shape
     nb = cols // QK_K
     total = rows * nb
     nch = min(total, 4096)
-    for c in prange(nch):
+    for c in range(nch):
         L = np.zeros(QK_K, np.int8)
         scales = np.zeros(16, np.float32)
         w = np.zeros(16, np.float32)
@@ -553,11 +553,11 @@ def encode_q6_K_rows(x, qw, use_qw, out):
                     qh[l] = ((a0 >> 4) | ((a1 >> 4) << 2) | ((a2 >> 4) << 4) | ((a3 >> 4) << 6)) & 0xFF
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def decode_q6_K_rows(data, out):
     rows, cols = out.shape
     nb = cols // QK_K
-    for t in prange(rows * nb):
+    for t in range(rows * nb):
         r = t // nb
         b = t % nb
         o = data[r, b * 210:(b + 1) * 210]

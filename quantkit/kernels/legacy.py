@@ -18,7 +18,7 @@ weights they follow ``quantize_row_q*_impl`` (ggml-quants.c), which is what
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .fp import roundf, trunc_to_i8, get_f16, put_f16
 from .search import make_qkx_quants, make_qx_quants, scratch
@@ -37,7 +37,7 @@ def _chunks(total):
 def _row_sigma2(x, sig):
     """sum_x2/n_per_row of the *_impl functions, one value per row (sequential sum)."""
     rows, cols = x.shape
-    for r in prange(rows):
+    for r in range(rows):
         s = F0
         for j in range(cols):
             s += x[r, j] * x[r, j]
@@ -54,12 +54,12 @@ def _weights(xb, qw, sigma2, weight):
 # ----------------------------------------------------------------- Q8_0
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def encode_q8_0_rows(x, out):
     """quantize_row_q8_0_ref."""
     rows, cols = x.shape
     nb = cols // QK
-    for t in prange(rows * nb):
+    for t in range(rows * nb):
         r = t // nb
         b = t % nb
         xb = x[r, b * QK:(b + 1) * QK]
@@ -74,11 +74,11 @@ def encode_q8_0_rows(x, out):
             o[2 + j] = trunc_to_i8(roundf(xb[j] * idv)) & 0xFF
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def decode_q8_0_rows(data, out):
     rows, cols = out.shape
     nb = cols // QK
-    for t in prange(rows * nb):
+    for t in range(rows * nb):
         r = t // nb
         b = t % nb
         o = data[r, b * 34:(b + 1) * 34]
@@ -93,7 +93,7 @@ def decode_q8_0_rows(data, out):
 # ----------------------------------------------------------------- Q4_0 / Q5_0
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def encode_q4_0_rows(x, qw, use_qw, out):
     """quantize_row_q4_0_ref, or quantize_row_q4_0_impl when weights are given."""
     rows, cols = x.shape
@@ -103,7 +103,7 @@ def encode_q4_0_rows(x, qw, use_qw, out):
     if use_qw:
         _row_sigma2(x, sig)
     nch = _chunks(total)
-    for c in prange(nch):
+    for c in range(nch):
         L = np.empty(QK, np.int8)
         weight = np.empty(QK, np.float32)
         S = scratch()
@@ -137,11 +137,11 @@ def encode_q4_0_rows(x, qw, use_qw, out):
                 o[2 + j] = (xi0 | (xi1 << 4)) & 0xFF
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def decode_q4_0_rows(data, out):
     rows, cols = out.shape
     nb = cols // QK
-    for t in prange(rows * nb):
+    for t in range(rows * nb):
         r = t // nb
         b = t % nb
         o = data[r, b * 18:(b + 1) * 18]
@@ -152,7 +152,7 @@ def decode_q4_0_rows(data, out):
             out[r, b * QK + j + 16] = d * np.float32((q >> 4) - 8)
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def encode_q5_0_rows(x, qw, use_qw, out):
     """quantize_row_q5_0_ref, or quantize_row_q5_0_impl when weights are given."""
     rows, cols = x.shape
@@ -162,7 +162,7 @@ def encode_q5_0_rows(x, qw, use_qw, out):
     if use_qw:
         _row_sigma2(x, sig)
     nch = _chunks(total)
-    for c in prange(nch):
+    for c in range(nch):
         L = np.empty(QK, np.int8)
         weight = np.empty(QK, np.float32)
         S = scratch()
@@ -201,11 +201,11 @@ def encode_q5_0_rows(x, qw, use_qw, out):
                 o[2 + k] = (qh >> (8 * k)) & 0xFF
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def decode_q5_0_rows(data, out):
     rows, cols = out.shape
     nb = cols // QK
-    for t in prange(rows * nb):
+    for t in range(rows * nb):
         r = t // nb
         b = t % nb
         o = data[r, b * 22:(b + 1) * 22]
@@ -222,7 +222,7 @@ def decode_q5_0_rows(data, out):
 # ----------------------------------------------------------------- Q4_1 / Q5_1
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def encode_q4_1_rows(x, qw, use_qw, out):
     """quantize_row_q4_1_ref, or quantize_row_q4_1_impl when weights are given."""
     rows, cols = x.shape
@@ -232,7 +232,7 @@ def encode_q4_1_rows(x, qw, use_qw, out):
     if use_qw:
         _row_sigma2(x, sig)
     nch = _chunks(total)
-    for c in prange(nch):
+    for c in range(nch):
         L = np.empty(QK, np.uint8)
         S = scratch()
         weight = np.empty(QK, np.float32)
@@ -269,11 +269,11 @@ def encode_q4_1_rows(x, qw, use_qw, out):
                 o[4 + j] = (xi0 | (xi1 << 4)) & 0xFF
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def decode_q4_1_rows(data, out):
     rows, cols = out.shape
     nb = cols // QK
-    for t in prange(rows * nb):
+    for t in range(rows * nb):
         r = t // nb
         b = t % nb
         o = data[r, b * 20:(b + 1) * 20]
@@ -285,7 +285,7 @@ def decode_q4_1_rows(data, out):
             out[r, b * QK + j + 16] = d * np.float32(q >> 4) + m
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def encode_q5_1_rows(x, qw, use_qw, out):
     """quantize_row_q5_1_ref, or quantize_row_q5_1_impl when weights are given."""
     rows, cols = x.shape
@@ -295,7 +295,7 @@ def encode_q5_1_rows(x, qw, use_qw, out):
     if use_qw:
         _row_sigma2(x, sig)
     nch = _chunks(total)
-    for c in prange(nch):
+    for c in range(nch):
         L = np.empty(QK, np.uint8)
         S = scratch()
         weight = np.empty(QK, np.float32)
@@ -339,11 +339,11 @@ def encode_q5_1_rows(x, qw, use_qw, out):
                 o[4 + k] = (qh >> (8 * k)) & 0xFF
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def decode_q5_1_rows(data, out):
     rows, cols = out.shape
     nb = cols // QK
-    for t in prange(rows * nb):
+    for t in range(rows * nb):
         r = t // nb
         b = t % nb
         o = data[r, b * 24:(b + 1) * 24]

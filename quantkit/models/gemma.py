@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from quantkit.formats.hf_source import canonical_name
+from quantkit.models import matmul
 from quantkit.models.spec import LayerSpec, ModelSpec
 
 WeightGetter = Callable[[str], "torch.Tensor | np.ndarray"]
@@ -186,6 +187,18 @@ class Gemma:
             self._cache[key] = t
         return t
 
+    def _packed(self, name: str) -> torch.Tensor:
+        """Weight `name` as `matmul.linear` multiplies it (kept instead of the plain copy if keep=True)."""
+        key = "packed:" + name
+        if key in self._cache:
+            return self._cache[key]
+        plain = self._cache.get(f"{self.dtype}:{name}")
+        t = matmul.pack(plain if plain is not None else
+                        _as_tensor(self.weights(name)).to(device=self.device, dtype=self.dtype))
+        if self.keep:
+            self._cache[key] = t
+        return t
+
     def _rows(self, name: str, ids: torch.Tensor) -> torch.Tensor:
         """Embedding lookup that converts only the rows it needs (the PLE table is billions of values)."""
         table = self._cache.get(f"{self.dtype}:{name}")
@@ -205,7 +218,7 @@ class Gemma:
     def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
         if self.observer is not None:
             self.observer(name, x.reshape(-1, x.shape[-1]))
-        return F.linear(x, self.w(name))
+        return matmul.linear(x, self._packed(name))
 
     def norm(self, name: str, x: torch.Tensor) -> torch.Tensor:
         # norm weights stay fp32 whatever the model dtype: the norm is computed in fp32, and Gemma 3's folded
