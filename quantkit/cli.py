@@ -343,8 +343,9 @@ def inspect_cmd(path: Path, as_json: bool, show_all: bool) -> None:
 
 
 def main() -> None:
-    from quantkit import interrupt
+    from quantkit import interrupt, malloc
 
+    malloc.one_arena()
     debug = "--debug" in sys.argv[1:]
     try:
         # in a worker thread, so that Ctrl-C and SIGTERM are heard during long native calls (quantkit.interrupt)

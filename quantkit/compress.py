@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from quantkit import plan as plans, sensitivity, sequential, towers
+from quantkit import malloc, plan as plans, sensitivity, sequential, towers
 from quantkit.calibration import imatrix as imatrix_file
 from quantkit.calibration.capture import calibration_ids, capture
 from quantkit.errors import BadOption
@@ -127,7 +127,8 @@ def run(source: TensorSource, out_dir: Path, opts: CompressOptions, resume: bool
     scan = {"check": time.perf_counter() - t} if checked else {}
     work = WorkDir.open(out_dir / "work", fingerprint(source.path, asdict(opts)), resume)
     try:
-        result = _build(source, out_dir, opts, work, plan)
+        with malloc.reuse_large_blocks():
+            result = _build(source, out_dir, opts, work, plan)
         result.seconds = {**scan, **result.seconds}
     except Exception:  # a failure, not an interrupt (KeyboardInterrupt): nothing to resume
         work.remove()

@@ -10,11 +10,6 @@ command unwinds as it would in the main thread: writers remove their temporaries
 If the worker is still inside a native call after `GRACE` seconds (or a second interrupt comes), the main thread
 removes the writers' temporaries itself (formats.atomic.discard_pending) and the process ends at once. Either way
 the work folder's last checkpoint is whole: checkpoints are written atomically.
-
-A worker thread gets a malloc arena of its own from glibc, which does not hand freed blocks of 100+ MB back as the
-main arena does: the evaluation's logits ([255, 262,144] float32 a chunk) grew the process by about 250 MB a chunk,
-8.4 GB at the end of the README's main command instead of 4.1 GB. `run` asks glibc for one arena (M_ARENA_MAX 1,
-as `MALLOC_ARENA_MAX=1` would): every thread then allocates where the main thread does.
 """
 
 from __future__ import annotations
@@ -39,16 +34,6 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt  # SIGTERM ends a run as Ctrl-C does
 
 
-M_ARENA_MAX = -8  # glibc's malloc.h
-
-
-def _one_malloc_arena() -> None:
-    try:
-        ctypes.CDLL(None).mallopt(M_ARENA_MAX, 1)
-    except (OSError, AttributeError):  # not glibc: nothing to set
-        pass
-
-
 def _raise_in(thread: threading.Thread) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(KeyboardInterrupt))
 
@@ -58,7 +43,6 @@ def run(fn: Callable[[], T], on_exit: Callable[[], None]) -> T:
     from fn if it unwinds within GRACE seconds; otherwise `on_exit()` (the caller's last words) and the process ends
     with EXIT_CODE."""
     signal.signal(signal.SIGTERM, _terminate)
-    _one_malloc_arena()
     box: dict[str, object] = {}
     done = threading.Event()
 

@@ -20,7 +20,7 @@ from quantkit import plan as plans
 from quantkit.calibration.capture import capture
 from quantkit.calibration.embed_importance import table_importance
 from quantkit.formats.source import TensorSource
-from quantkit.kernels import registry
+from quantkit.kernels import registry, warm
 
 ERROR_SAMPLE_VALUES = 1 << 17  # per tensor: at least 8 rows, evenly spaced, about this many weights
 
@@ -38,6 +38,17 @@ def relative_errors(source: TensorSource, importance: dict[str, np.ndarray], wit
     """error(name, type) for every quantizable tensor and candidate type (see the module doc)."""
     table = {}
     rows = [r for r in source.table.values() if r.fixed is None]
+    needed = list(dict.fromkeys(t for r in rows for t in plans.candidates(r.shape[-1], with_data)))
+    helper = warm.start(needed)  # compiles the codecs this loop needs last while it compiles the first ones
+    try:
+        _errors(source, rows, importance, with_data, progress, effort, table)
+    finally:
+        warm.stop(helper)
+    return lambda name, t: table[name, t]
+
+
+def _errors(source: TensorSource, rows: list, importance: dict[str, np.ndarray], with_data: bool, progress: bool,
+            effort: str, table: dict) -> None:
     for row in tqdm(rows, desc="sensitivity", unit="tensor", disable=not progress, leave=False):
         n, shape = row.name, row.shape
         n_rows = int(np.prod(shape[:-1]))
@@ -56,4 +67,3 @@ def relative_errors(source: TensorSource, importance: dict[str, np.ndarray], wit
             data = registry.quantize(t, sample, imp, name=n, effort=effort)
             d = registry.dequantize(t, data, sample.shape).astype(np.float64) - sample
             table[n, t] = float((d**2 * i_w).sum()) / energy
-    return lambda name, t: table[name, t]
