@@ -265,6 +265,26 @@ def test_encoders_are_row_independent(rng):
             assert np.array_equal(full[r], registry.quantize(qname, x[r:r + 1], importance=imp)[0])
 
 
+def test_row_ranges_in_threads_give_the_same_bytes(rng, monkeypatch):
+    """registry.in_row_ranges: the bytes and the decoded values do not depend on how many threads split the rows."""
+    x = rng.standard_normal((37, 1024)).astype(np.float32)
+    x[29, 700] = np.nan
+    imp = rng.uniform(0.1, 2, 1024).astype(np.float32)
+    one = {}
+    monkeypatch.setattr(registry.numba, "get_num_threads", lambda: 1)
+    for qname in ["Q8_0", "Q4_K", "IQ2_XXS", "IQ1_M", "F16"]:
+        data = registry.quantize(qname, np.nan_to_num(x), importance=imp)
+        one[qname] = data, registry.dequantize(qname, data, x.shape)
+    monkeypatch.setattr(registry, "MIN_VALUES_PER_THREAD", 1024)
+    monkeypatch.setattr(registry.numba, "get_num_threads", lambda: 3)
+    for qname, (data, values) in one.items():
+        split = registry.quantize(qname, np.nan_to_num(x), importance=imp)
+        assert np.array_equal(split, data)
+        assert np.array_equal(registry.dequantize(qname, split, x.shape), values)
+    with pytest.raises(BadInput, match=r"\(row 29, col 700\)"):  # the first NaN found in a later range
+        registry.quantize("Q8_0", x)
+
+
 # ----------------------------------------------------------------- registry
 
 

@@ -26,6 +26,7 @@ against 0.7 s), a minute of every fresh install's first run.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -196,7 +197,7 @@ def in_row_ranges(rows: int, cols: int, work: Callable[[slice], np.ndarray]) -> 
     """work(range) for consecutive ranges of `rows` (each a slice) on numba.get_num_threads() threads (what
     `--threads` set), the results concatenated along axis 0 in row order. Small inputs: one range, this thread."""
     threads = max(1, min(numba.get_num_threads(), rows * cols // MIN_VALUES_PER_THREAD, rows))
-    if threads == 1:
+    if threads == 1 or threading.current_thread().name.startswith("rows"):  # never wait on the pool from inside it
         return work(slice(0, rows))
     n = min(rows, threads * CHUNKS_PER_THREAD)
     edges = [rows * i // n for i in range(n + 1)]
