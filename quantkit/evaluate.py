@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from quantkit import malloc
 from quantkit.calibration.text import eval_chunks
 from quantkit.formats.source import TensorSource
 from quantkit.models.gemma import Gemma
@@ -62,5 +63,6 @@ def evaluate(source: TensorSource, text: str = "wiki", n_tokens: int = 8192, chu
     with torch.inference_mode():
         for row in tqdm(chunks.ids, desc="eval", unit="chunk", disable=not progress, leave=False):
             scorer.add(run(row), torch.from_numpy(row), run_ref(row) if run_ref else None)
+            malloc.trim()
     return EvalReport(str(source.path), str(reference.path) if reference else None, text, chunk, judge,
                       time.perf_counter() - t0, scorer.result())

@@ -36,6 +36,15 @@ def _set(settings: dict[int, int]) -> None:
             f(opt, value)
 
 
+def trim() -> None:
+    """Hand the heap's free pages back to the kernel (malloc_trim(3)), e.g. after each evaluation chunk: one run of
+    the README's command peaked at 8.9 GB, another at 4.4 GB, the difference being freed blocks kept on the heap."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def one_arena() -> None:
     _set({M_ARENA_MAX: 1})
 
