@@ -71,8 +71,11 @@ def start(tiny, out: Path, stage: str) -> tuple[subprocess.Popen, Path]:
     mark = out.parent / f"{out.name}.stalled"
     args = [str(d), *recipe, "--calib", str(calib), "--calib-tokens", "1024", "--tokens", "0", "--out", str(out),
             "--no-mmproj"]
+    # SIGINT as a terminal gives it: a shell's background job (`pytest &`) starts with SIGINT ignored, which the
+    # child would inherit, and Python then installs no handler for it
     p = subprocess.Popen([sys.executable, "-c", DRIVER, module, attr, str(mark), str(STALL), *args],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not mark.exists():
         if p.poll() is not None:
