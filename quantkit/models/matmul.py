@@ -1,10 +1,11 @@
 """The float32 CPU products of the forward and the calibration statistics, through oneDNN.
 
 torch's `F.linear` and `@` on CPU go to MKL's sgemm, which on AMD CPUs does not take its AVX-512 path; oneDNN
-(also inside torch, used by `torch.utils.mkldnn`) does. On the 2-core AMD EPYC kind, float32 (benches/forward.py):
+(also inside torch, used by `torch.utils.mkldnn`) does. Float32 on the 2-core AMD EPYC kind, best of 20 runs (3 for the head)
+(2026-12-03; `benches/forward.py` prints this table for the machine it runs on):
 
-    tokens x in -> out          F.linear   oneDNN
-    512 x 2048 -> 640           162        354 GFLOP/s
+    tokens x in -> out          F.linear   oneDNN (GFLOP/s)
+    512 x 2048 -> 640           162        354
     255 x 640 -> 262,144 (head)  69        202
     2048 x 6144 -> 2048         184        361
 
