@@ -20,29 +20,30 @@ LARGE = {M_MMAP_THRESHOLD: 256 << 20, M_TRIM_THRESHOLD: 1 << 30}
 USUAL = {M_MMAP_THRESHOLD: 32 << 20, M_TRIM_THRESHOLD: 64 << 20}  # where glibc's dynamic thresholds end up
 
 
-def _mallopt():
+def _libc():
     try:
-        f = ctypes.CDLL(None).mallopt
+        libc = ctypes.CDLL(None)
+        libc.mallopt.argtypes, libc.mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+        libc.malloc_trim  # noqa: B018 - both or neither
     except (OSError, AttributeError):  # not glibc: nothing is changed
         return None
-    f.argtypes, f.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return f
+    return libc
+
+
+_LIBC = _libc()
 
 
 def _set(settings: dict[int, int]) -> None:
-    f = _mallopt()
-    if f is not None:
+    if _LIBC is not None:
         for opt, value in settings.items():
-            f(opt, value)
+            _LIBC.mallopt(opt, value)
 
 
 def trim() -> None:
     """Hand the heap's free pages back to the kernel (malloc_trim(3)), e.g. after each evaluation chunk: one run of
     the README's command peaked at 8.9 GB, another at 4.4 GB, the difference being freed blocks kept on the heap."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 def one_arena() -> None:

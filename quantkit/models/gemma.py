@@ -182,10 +182,13 @@ class Gemma:
         key = f"{dtype}:{name}"
         if key in self._cache:
             return self._cache[key]
-        t = _as_tensor(self.weights(name)).to(device=self.device, dtype=dtype)
+        t = self._fetch(name, dtype)
         if self.keep:
             self._cache[key] = t
         return t
+
+    def _fetch(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        return _as_tensor(self.weights(name)).to(device=self.device, dtype=dtype)
 
     def _packed(self, name: str) -> torch.Tensor:
         """Weight `name` as `matmul.linear` multiplies it (kept instead of the plain copy if keep=True)."""
@@ -193,8 +196,7 @@ class Gemma:
         if key in self._cache:
             return self._cache[key]
         plain = self._cache.get(f"{self.dtype}:{name}")
-        t = matmul.pack(plain if plain is not None else
-                        _as_tensor(self.weights(name)).to(device=self.device, dtype=self.dtype))
+        t = matmul.pack(plain if plain is not None else self._fetch(name, self.dtype))
         if self.keep:
             self._cache[key] = t
         return t
