@@ -88,10 +88,10 @@ def parse_size(text: str) -> int:
 
 @cli.command("compress")
 @click.argument("model")
-@click.option("--bits", type=click.FloatRange(1.5, 8), metavar="B",
+@click.option("--bits", type=float, metavar="B",
               help="Best build at the size of a uniform B-bit build: B + 0.5 bits per weight (one fp16 scale per 32 "
                    "weights), llama.cpp's fallback type where rows don't fit the B-bit K-quant's 256-block. B is any "
-                   "number from 1.5 to 8 (2, 2.5, 3.5, 5, ...); --format safetensors takes 2, 4 or 8.")
+                   "number from 1.1 to 8 (1.5, 2, 2.5, 3.5, 5, ...); --format safetensors takes 2, 4 or 8.")
 @click.option("--max-size", metavar="SIZE", help="Best build whose file is at most SIZE (e.g. 1.4GB, 1400MB, 1.3GiB).")
 @click.option("--like", "like", metavar="PRESET", help="llama.cpp's own per-tensor types for a llama-quantize preset (Q2_K, Q3_K_M, Q4_0, IQ4_XS, Q4_K_M, Q8_0, ...).")
 @click.option("--imatrix", "imatrix_file", metavar="FILE", type=click.Path(dir_okay=False),

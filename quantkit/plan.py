@@ -30,9 +30,11 @@ from quantkit.tensor_table import TensorRow, TensorTable
 
 # --bits B: the type whose block and fallback decide which rows count at B + 0.5 bpw (the largest key <= B)
 UNIFORM_BITS = {2: "Q2_K", 3: "Q3_K", 4: "Q4_K", 5: "Q5_K", 6: "Q6_K", 8: "Q8_0"}
-BITS_RANGE = (1.5, 8.0)  # below 1.5 + 0.5 bpw no candidate type fits (the smallest, IQ2_XXS, is 2.06 bpw)
-# Candidates of the budget allocator, by the block size the rows allow.
-CANDIDATES_256 = ("IQ2_XXS", "IQ2_XS", "Q2_K", "IQ3_XXS", "Q3_K", "IQ4_XS", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
+BITS_RANGE = (1.1, 8.0)  # below 1.1 + 0.5 bpw no candidate type fits (the smallest, IQ1_S, is 1.5625 bpw)
+# Candidates of the budget allocator, by the block size the rows allow: every type quantkit encodes, 1.56 to 8.5 bpw
+# (IQ3_S and Q3_K have the same size, 3.4375 bpw; the allocator keeps the one with the lower measured error).
+CANDIDATES_256 = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "Q2_K", "IQ3_XXS", "Q3_K", "IQ3_S", "IQ4_XS",
+                  "Q4_K", "Q5_K", "Q6_K", "Q8_0")
 CANDIDATES_32 = ("Q4_0", "IQ4_NL", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
 NEEDS_DATA = tuple(t for t in CANDIDATES_256 if registry.get(t).needs_imatrix)
 LOOKUP_TABLES = ("embed_tokens.weight", "embed_tokens_per_layer.weight")

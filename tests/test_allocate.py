@@ -84,5 +84,5 @@ def test_bits_budget_takes_fractional_and_intermediate_targets():
     assert bits_budget(table, 2.5) == 64 * 512 * 3 // 8 + 512 * 640 // 32 * 18  # 640 wide: Q2_K -> Q4_0
     assert bits_budget(table, 5) == 64 * 512 * 5.5 // 8 + 512 * 640 // 32 * 24  # 640 wide: Q5_K -> Q5_1
     assert bits_budget(table, 6) == 64 * 512 * 6.5 // 8 + 512 * 640 // 32 * 34  # 640 wide: Q6_K -> Q8_0
-    with pytest.raises(BadOption, match=r"--bits 1: expected a number from 1.5 to 8"):
+    with pytest.raises(BadOption, match=r"--bits 1: expected a number from 1.1 to 8"):
         bits_budget(table, 1)
