@@ -97,8 +97,8 @@ def parse_size(text: str) -> int:
 @click.option("--imatrix", "imatrix_file", metavar="FILE", type=click.Path(dir_okay=False),
               help="llama.cpp's GGUF imatrix (llama-imatrix's, or `quantkit imatrix`'s) as the importance wherever "
                    "quantkit would use its own E[x^2]: --method imatrix (then nothing is calibrated), the budget's "
-                   "sensitivity, the IQ2/IQ3 grids' search and the lookup tables where the file has them. With "
-                   "--method gptq the Hessians still come from calibration. Checked against the model: an entry for "
+                   "sensitivity and the lookup tables where the file has them. With --method gptq every linear's "
+                   "Hessian still comes from calibration. Checked against the model: an entry for "
                    "another model's tensor, a shape mismatch or a missing decoder tensor is an error.")
 @click.option("--recipe", "recipe_file", metavar="PLAN_JSON", type=click.Path(dir_okay=False),
               help="Rebuild exactly the per-tensor types of an earlier run's plan.json (on another machine, with another "

@@ -222,8 +222,7 @@ def _gptq(source, plan, ids, work: WorkDir, opts: CompressOptions, done: list[st
     if start is not None:
         blocks = f" and blocks 0-{start.stage} of {source.spec.n_layers}" if start.stage >= 0 else ""
         done.append("embedding" + blocks)
-    given = _imatrix(source, opts) if opts.imatrix_file else None
-    return sequential.gptq_ggml(source, plan, ids, work, opts.device, opts.progress, opts.effort, start, given)
+    return sequential.gptq_ggml(source, plan, ids, work, opts.device, opts.progress, opts.effort, start)
 
 
 def make_plan(source: TensorSource, opts: CompressOptions, error: plans.ErrorFn | None = None) -> plans.Plan:

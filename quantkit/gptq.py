@@ -16,6 +16,17 @@ those scale bytes (kernels/fixed.py), and the final bytes are the search's scale
 decode exactly to the weights GPTQ used. Batches are multiples of the format block and aligned to it, so every
 block starts with all earlier errors applied.
 
+The lattice types (IQ1_S ... IQ3_S) have no such grid: a block's 8-weight groups are points of a lattice chosen
+jointly with its scales. GPTQ takes them a whole 256-weight block at a time (`gptq_blocks`): the block is encoded by
+the format's own search, then its error E_b is fed forward to the columns not yet quantized, the multi-column form
+of the update above (Frantar et al. 2022, eq. 3 for a set of columns; with H^-1 restricted to the remaining columns
+= U^T U, the block's own part is U_bb^T U_bb, so the optimal update is E_b U_bb^-1 U_b,rest):
+
+    W[:, rest] -= (W_b - Q_b) @ U_bb^-1 @ U[b, rest]
+
+The search's importance is the diagonal of (U_bb^T U_bb)^-1 = U_bb^-1 U_bb^-T, the Hessian of the block once the
+columns after it are free to compensate (with uncorrelated inputs it is diag(H), llama.cpp's imatrix up to scale).
+
 act_order processes columns in decreasing diag(H) without breaking the block structure: whole blocks are ordered by
 their summed diag(H), and the columns inside each block by their own.
 """
@@ -34,6 +45,8 @@ from quantkit.errors import BadInput
 from quantkit.kernels import fixed, group, registry
 
 METHODS = ("rtn", "imatrix", "gptq")
+# ggml's lattice types: no fixed-scale grid (kernels.fixed); GPTQ quantizes them a whole block at a time
+LATTICE = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S")
 
 
 @dataclass
@@ -264,15 +277,60 @@ def _gptq_loop(w: np.ndarray, grid, hessian: np.ndarray, damp: float, act_order:
 
 
 def gptq(w: np.ndarray, type_name: str, hessian: np.ndarray, *, damp: float = 0.01, act_order: bool = False,
-         batch: int = 128) -> Quantized:
-    """GPTQ of a 2-D weight [rows, cols] to ggml `type_name` (one of kernels.fixed.SUPPORTED) given H = X^T X."""
+         batch: int = 128, effort: str = "exact") -> Quantized:
+    """GPTQ of a 2-D weight [rows, cols] to ggml `type_name` given H = X^T X: column by column on the fixed grids of
+    kernels.fixed.SUPPORTED, block by block for the lattice types (`gptq_blocks`, whose search takes `effort`)."""
     w = np.asarray(w, np.float32)
     if w.ndim != 2:
         raise BadInput(f"gptq needs a 2-D weight, got shape {w.shape}")
-    grid = _GGMLGrid(registry.get(type_name).name, w.shape[1])
+    name = registry.get(type_name).name
+    if name in LATTICE:
+        return gptq_blocks(w, name, hessian, damp=damp, act_order=act_order, effort=effort)
+    grid = _GGMLGrid(name, w.shape[1])
     fixed.levels(grid.type)  # raises for types without a fixed-scale encoder
     out, Q = _gptq(w, grid, hessian, damp, act_order, batch)
     assert np.array_equal(out.values, Q), "GPTQ bytes do not decode to the weights GPTQ used"
+    return out
+
+
+def gptq_blocks(w: np.ndarray, type_name: str, hessian: np.ndarray, *, damp: float = 0.01,
+                act_order: bool = False, effort: str = "exact") -> Quantized:
+    """GPTQ of a 2-D weight to a lattice type, one whole block at a time (see the module doc)."""
+    import torch
+
+    W = np.array(w, dtype=np.float32, copy=True)
+    rows, cols = W.shape
+    bt = registry.get(type_name)
+    bs, nbytes = bt.block_size, bt.bytes_per_block
+    if cols % bs:
+        raise BadInput(f"row length {cols} is not a multiple of the block size {bs}")
+    H, diag = _prepare_hessian(hessian, cols, damp)
+    perm = _block_order(diag, bs, act_order)
+    W = np.ascontiguousarray(W[:, perm])
+    U = _upper_inverse_cholesky(H[np.ix_(perm, perm)]).astype(np.float32)
+    data = np.zeros((rows, bt.row_nbytes(cols)), np.uint8)
+    Q = np.zeros((rows, cols), np.float32)
+    eye = torch.eye(bs, dtype=torch.float64)
+    for j0 in range(0, cols, bs):
+        j1 = j0 + bs
+        oc = perm[j0:j1]  # original columns of this block, in processing order
+        b = int(oc.min()) // bs
+        idx = oc - b * bs
+        Ubb = torch.from_numpy(U[j0:j1, j0:j1].astype(np.float64))
+        Ubb_inv = torch.linalg.solve_triangular(Ubb, eye, upper=True).numpy().astype(np.float32)
+        imp = np.empty(bs, np.float32)
+        imp[idx] = (Ubb_inv**2).sum(1)  # diag(U_bb^-1 U_bb^-T)
+        wb = np.empty((rows, bs), np.float32)
+        wb[:, idx] = W[:, j0:j1]
+        enc = registry.quantize(type_name, wb, imp, effort=effort)
+        data[:, b * nbytes:(b + 1) * nbytes] = enc
+        Q[:, j0:j1] = registry.dequantize(type_name, enc, wb.shape)[:, idx]
+        if j1 < cols:
+            err = W[:, j0:j1] - Q[:, j0:j1]
+            W[:, j1:] -= err @ (Ubb_inv @ U[j0:j1, j1:])
+    values = np.ascontiguousarray(Q[:, np.argsort(perm)])
+    out = Quantized(type_name, data, registry.dequantize(type_name, data, w.shape))
+    assert np.array_equal(out.values, values), "GPTQ bytes do not decode to the weights GPTQ used"
     return out
 
 
@@ -322,7 +380,7 @@ def quantize_tensor(method: str, w: np.ndarray, type_name: str, stats: LinearSta
         return rtn(w, type_name)
     if method == "imatrix":
         return imatrix(w, type_name, stats.mean_x2(), effort)
-    return gptq(w, type_name, stats.hessian, damp=damp, act_order=act_order)
+    return gptq(w, type_name, stats.hessian, damp=damp, act_order=act_order, effort=effort)
 
 
 def _expert(stats: LinearStats, e: int) -> LinearStats:

@@ -8,7 +8,7 @@ folder, so the writer streams them and an interrupted run resumes from the captu
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from quantkit.calibration.embed_importance import table_importance
 from quantkit.formats import pack_quantized, safetensors_model
 from quantkit.formats.source import TensorSource
 from quantkit.gptq import quantize_group_tensor, quantize_tensor
-from quantkit.kernels import fixed, group, registry
+from quantkit.kernels import group, registry
 from quantkit.plan import Plan
 from quantkit.workdir import WorkDir
 
@@ -66,23 +66,17 @@ def _run(source: TensorSource, ids: np.ndarray, one: Quantize, device: str, prog
 
 
 def gptq_ggml(source: TensorSource, plan: Plan, ids: np.ndarray, work: WorkDir, device: str, progress: bool,
-              effort: str, start: Checkpoint | None = None,
-              given: Mapping[str, LinearStats] | None = None) -> dict[str, np.ndarray]:
-    """GPTQ inside the plan's ggml types, from the capture checkpoint `start` if given. The IQ2/IQ3 grid types take
-    the importance-weighted search, with `given` statistics (an --imatrix file's) where there are some, else the
-    capture's. Returns the lookup tables' importance (from the complete capture), with which the writer quantizes
-    them."""
+              effort: str, start: Checkpoint | None = None) -> dict[str, np.ndarray]:
+    """GPTQ inside the plan's ggml types (the lattice types a block at a time, gptq.gptq_blocks), from the capture
+    checkpoint `start` if given. Returns the lookup tables' importance (from the complete capture), with which the
+    writer quantizes them."""
     types = plan.types
 
     def one(reads: _StageReads, n: str, st: LinearStats) -> np.ndarray | None:  # a Quantize
         # the tied head (embed_tokens) is quantized by the writer, as a lookup table with its own importance
         if n not in types or types[n] in registry.FLOATS or n == "embed_tokens.weight":
             return None
-        # IQ2/IQ3 grids have no fixed-scale encoder: those take the importance-weighted search
-        method = "gptq" if registry.get(types[n]).name in fixed.SUPPORTED else "imatrix"
-        if method == "imatrix" and given and n in given:
-            st = given[n]
-        q = quantize_tensor(method, reads.weight(n), types[n], st, effort=effort)
+        q = quantize_tensor("gptq", reads.weight(n), types[n], st, effort=effort)
         work.save_tensor(n, q.data)
         return q.values
 
