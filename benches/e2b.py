@@ -103,7 +103,7 @@ def main() -> None:
     print_mmproj(args.checkpoint, args.out, inv.file_bytes)
     finite, generated = llama_cpp_check(path)
     print(f"llama.cpp   loaded; prompt logits finite: {finite}; generated {len(generated)} tokens: {generated}")
-    runtime_memory.print_table([(p.name, runtime_memory.measure(p)) for p in [path, *args.runtime]])
+    runtime_memory.print_table([(p.name, runtime_memory.measure_both(p)) for p in [path, *args.runtime]])
     ok = inv.file_bytes <= limit and finite and len(generated) == 16
     sys.exit(0 if ok else 1)
 
