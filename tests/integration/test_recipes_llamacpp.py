@@ -24,19 +24,23 @@ import pytest
 
 
 from quantkit.calibration.imatrix import from_stats, read_imatrix, write_imatrix  # noqa: E402
+from quantkit.compress import make_plan, text_file_bytes  # noqa: E402
 from quantkit.formats import names  # noqa: E402
 from quantkit.formats.gguf_reader import GGUFFile  # noqa: E402
 from quantkit.formats.gguf_source import GGUFSource  # noqa: E402
 from quantkit.kernels import registry  # noqa: E402
+from quantkit.options import CompressOptions  # noqa: E402
 from quantkit.recipes import like  # noqa: E402
 
 from .llamacpp import copy_metadata, llama_quantize  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
-PRESETS = ["Q2_K", "Q3_K_M", "Q3_K_S", "Q4_0", "Q4_K_M", "Q4_K_S", "Q5_K_M", "Q6_K", "Q8_0", "IQ4_XS",
-           "IQ3_XXS", "IQ2_XXS", "IQ2_S", "IQ2_M", "IQ3_XS", "IQ3_S", "IQ3_M", "IQ1_S", "IQ1_M"]
-NEEDS_IMATRIX = ("IQ3_XXS", "IQ2_XXS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M")
+PRESETS = ["Q2_K", "Q2_K_S", "Q3_K_M", "Q3_K_S", "Q4_0", "Q4_K_M", "Q4_K_S", "Q5_K_M", "Q6_K", "Q8_0", "IQ4_XS",
+           "IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XS", "IQ3_S", "IQ3_M", "IQ1_S", "IQ1_M"]
+# llama-quant.cpp tensor_type_requires_imatrix: these presets write such tensors on the 270M (its ffn_down)
+NEEDS_IMATRIX = ("Q2_K_S", "IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M")
+SIZE_MATCH = 1e-3  # quantkit's planned --like file against llama.cpp's, relative
 # presets run without an imatrix above that are run with one too (the IQ3 presets' rules do not read it; on the
 # 270M their IQ3_XXS picks fall back to IQ4_NL on the 640-wide rows, so llama.cpp does not require one)
 ALSO_WITH_IMATRIX = ["IQ3_XS", "IQ3_S", "IQ3_M"]
@@ -82,12 +86,18 @@ def _check_plan(preset, imp, base, f32_270m, tmp_path):
     assert set(ours) == set(theirs)
     diff = {n: (ours[n], theirs[n]) for n in ours if ours[n] != theirs[n]}
     assert not diff, f"{preset}: {len(diff)} tensors differ, e.g. {list(diff.items())[:5]}"
+    # and the file `compress --like` writes (planned exactly, as --dry-run prints it) has llama.cpp's size
+    opts = CompressOptions(like=preset, method="imatrix" if imp is not None else "rtn")
+    ours_bytes, theirs_bytes = text_file_bytes(base, make_plan(base, opts), opts), out.stat().st_size
+    print(f"{preset}: quantkit {ours_bytes:,} llama.cpp {theirs_bytes:,} bytes")
+    assert abs(ours_bytes - theirs_bytes) <= SIZE_MATCH * theirs_bytes
 
 
 # layout -> (kv heads of 4 heads, experts, PLE width, KV-shared trailing layers); 8 layers, hidden 256
 SYNTH_LAYERS = 8
 SYNTH_LAYOUTS = {"gqa2": (2, 0, 0, 0), "e-ple-kv-shared": (1, 0, 256, 2), "moe4": (1, 4, 0, 0), "moe8": (2, 8, 0, 0)}
-SYNTH_PRESETS = ["IQ2_S", "IQ2_M", "IQ3_XS", "IQ3_S", "IQ3_M", "IQ1_S", "IQ1_M"]
+SYNTH_PRESETS = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M", "IQ1_S", "IQ1_M",
+                 "Q2_K_S"]
 SYNTH_NO_IMATRIX = ("IQ3_S", "IQ3_M")  # the others give IQ1_* / IQ2_* / IQ3_XXS tensors there, which need one
 
 
