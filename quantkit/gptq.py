@@ -18,14 +18,19 @@ block starts with all earlier errors applied.
 
 The lattice types (IQ1_S ... IQ3_S) have no such grid: a block's 8-weight groups are points of a lattice chosen
 jointly with its scales. GPTQ takes them a whole 256-weight block at a time (`gptq_blocks`): the block is encoded by
-the format's own search, then its error E_b is fed forward to the columns not yet quantized, the multi-column form
-of the update above (Frantar et al. 2022, eq. 3 for a set of columns; with H^-1 restricted to the remaining columns
-= U^T U, the block's own part is U_bb^T U_bb, so the optimal update is E_b U_bb^-1 U_b,rest):
+the format's own search, and its error is fed forward to the columns not yet quantized, the multi-column form of the
+update above (with H^-1 restricted to the remaining columns = U^T U, the block's own part is U_bb^T U_bb):
 
-    W[:, rest] -= (W_b - Q_b) @ U_bb^-1 @ U[b, rest]
+    W[:, rest] -= (W~_b - Q_b) @ U_bb^-1 @ U[b, rest]
 
-The search's importance is the diagonal of (U_bb^T U_bb)^-1 = U_bb^-1 U_bb^-T, the Hessian of the block once the
-columns after it are free to compensate (with uncorrelated inputs it is diag(H), llama.cpp's imatrix up to scale).
+Unrolled over the blocks (U - blockdiag(U_bb) is strictly block-upper), the weights block b is encoded from are
+
+    W~_b = W_b + (sum_{c<b} (W_c - Q_c) V[c, b]) @ U_bb        with V = U^-1, H = V V^T, U_bb = V_bb^-1
+
+(from W~ - Q = (W - Q) V blockdiag(U_bb)), so only the Cholesky factor V of H itself is needed, not U's triangular
+inverse: the same result at half the factorisation's time and memory. The search's importance is the diagonal of
+(U_bb^T U_bb)^-1 = V_bb V_bb^T, the Hessian of the block with the columns after it free to compensate (a Schur
+complement of H; with uncorrelated inputs it is diag(H), llama.cpp's imatrix up to scale).
 
 act_order processes columns in decreasing diag(H) without breaking the block structure: whole blocks are ordered by
 their summed diag(H), and the columns inside each block by their own.
@@ -161,24 +166,47 @@ def _prepare_hessian(hessian: np.ndarray, cols: int, damp: float) -> tuple[np.nd
     return H, diag
 
 
-def _upper_inverse_cholesky(H: np.ndarray) -> np.ndarray:
-    """U upper triangular with U^T U = H^-1 (what GPTQ calls Hinv), raising damping until H is positive definite."""
+def _factor(H: np.ndarray, finish):
+    """finish(L) for L the lower Cholesky factor of J H J (J the reversal permutation), raising the damping until
+    H is positive definite and finish returns a result (None: not finite)."""
     import torch
 
-    # With J the reversal permutation and J H J = L' L'^T (lower Cholesky): H = V V^T with V = J L' J upper, so
-    # H^-1 = V^-T V^-1 and U = V^-1 = J L'^-1 J. One Cholesky and one triangular inverse instead of a Cholesky,
-    # a full inverse and a second Cholesky.
     Ht = torch.from_numpy(np.ascontiguousarray(H[::-1, ::-1]))
-    eye = torch.eye(H.shape[0], dtype=torch.float64)
+    d0 = Ht.diagonal().clone()
     extra = 0.0
     for _ in range(8):
-        L, info = torch.linalg.cholesky_ex(Ht + extra * eye)
+        if extra:
+            Ht.diagonal().copy_(d0 + extra)
+        L, info = torch.linalg.cholesky_ex(Ht)
         if int(info) == 0:
-            U = _lower_inverse(L).numpy()[::-1, ::-1]
-            if np.all(np.isfinite(U)):
-                return np.ascontiguousarray(U)
+            out = finish(L)
+            if out is not None:
+                return out
         extra = max(extra * 10, 1e-6 * float(np.mean(np.diag(H))))
     raise BadInput("Hessian is not positive definite even after extra damping")
+
+
+def _upper_inverse_cholesky(H: np.ndarray) -> np.ndarray:
+    """U upper triangular with U^T U = H^-1 (what GPTQ calls Hinv)."""
+
+    # With J H J = L' L'^T (lower Cholesky): H = V V^T with V = J L' J upper, so H^-1 = V^-T V^-1 and
+    # U = V^-1 = J L'^-1 J. One Cholesky and one triangular inverse instead of a Cholesky, a full inverse and a
+    # second Cholesky.
+    def finish(L):
+        U = _lower_inverse(L).numpy()[::-1, ::-1]
+        return np.ascontiguousarray(U) if np.all(np.isfinite(U)) else None
+
+    return _factor(H, finish)
+
+
+def _upper_cholesky(H: np.ndarray) -> np.ndarray:
+    """V upper triangular with V V^T = H (GPTQ's U is V^-1), as a reversed view of the lower factor of J H J."""
+
+    def finish(L):
+        V = L.numpy()[::-1, ::-1]
+        return V if np.all(np.isfinite(V)) else None
+
+    return _factor(H, finish)
 
 
 TRSM_MAX = 2048  # up to this size a triangular solve against the identity; above, by halves
@@ -244,7 +272,8 @@ def _gptq_loop(w: np.ndarray, grid, hessian: np.ndarray, damp: float, act_order:
     imp = np.maximum(diag, 0).astype(np.float32)
     perm = _block_order(diag, bs, act_order)
     W = np.ascontiguousarray(W[:, perm])
-    U = _upper_inverse_cholesky(H[np.ix_(perm, perm)]).astype(np.float32)
+    U = _upper_inverse_cholesky(H[np.ix_(perm, perm)] if act_order else H).astype(np.float32)
+    del H
     step = max(batch, bs)
     step += (-step) % bs  # a multiple of the block: blocks never straddle two batches
     grid.start(rows)
@@ -298,40 +327,39 @@ def gptq_blocks(w: np.ndarray, type_name: str, hessian: np.ndarray, *, damp: flo
     """GPTQ of a 2-D weight to a lattice type, one whole block at a time (see the module doc)."""
     import torch
 
-    W = np.array(w, dtype=np.float32, copy=True)
-    rows, cols = W.shape
+    w = np.asarray(w, np.float32)
+    rows, cols = w.shape
     bt = registry.get(type_name)
     bs, nbytes = bt.block_size, bt.bytes_per_block
     if cols % bs:
         raise BadInput(f"row length {cols} is not a multiple of the block size {bs}")
     H, diag = _prepare_hessian(hessian, cols, damp)
     perm = _block_order(diag, bs, act_order)
-    W = np.ascontiguousarray(W[:, perm])
-    U = _upper_inverse_cholesky(H[np.ix_(perm, perm)]).astype(np.float32)
+    V = _upper_cholesky(H[np.ix_(perm, perm)] if act_order else H)
+    del H
+    V_bb = [np.array(V[j:j + bs, j:j + bs]) for j in range(0, cols, bs)]  # float64 diagonal blocks
+    V = V.astype(np.float32)
+    W = np.ascontiguousarray(w[:, perm])
+    delta = np.zeros((rows, cols), np.float32)  # W - Q, in processing order
     data = np.zeros((rows, bt.row_nbytes(cols)), np.uint8)
-    Q = np.zeros((rows, cols), np.float32)
     eye = torch.eye(bs, dtype=torch.float64)
-    for j0 in range(0, cols, bs):
+    for k, j0 in enumerate(range(0, cols, bs)):
         j1 = j0 + bs
         oc = perm[j0:j1]  # original columns of this block, in processing order
         b = int(oc.min()) // bs
         idx = oc - b * bs
-        Ubb = torch.from_numpy(U[j0:j1, j0:j1].astype(np.float64))
-        Ubb_inv = torch.linalg.solve_triangular(Ubb, eye, upper=True).numpy().astype(np.float32)
-        imp = np.empty(bs, np.float32)
-        imp[idx] = (Ubb_inv**2).sum(1)  # diag(U_bb^-1 U_bb^-T)
+        wt = W[:, j0:j1]
+        if j0:  # W~_b = W_b + (sum_{c<b} (W_c - Q_c) V[c, b]) @ U_bb
+            U_bb = torch.linalg.solve_triangular(torch.from_numpy(V_bb[k]), eye, upper=True).numpy()
+            wt = wt + (delta[:, :j0] @ V[:j0, j0:j1]) @ U_bb.astype(np.float32)
         wb = np.empty((rows, bs), np.float32)
-        wb[:, idx] = W[:, j0:j1]
+        wb[:, idx] = wt
+        imp = np.empty(bs, np.float32)
+        imp[idx] = (V_bb[k] ** 2).sum(1)  # diag(V_bb V_bb^T)
         enc = registry.quantize(type_name, wb, imp, effort=effort)
         data[:, b * nbytes:(b + 1) * nbytes] = enc
-        Q[:, j0:j1] = registry.dequantize(type_name, enc, wb.shape)[:, idx]
-        if j1 < cols:
-            err = W[:, j0:j1] - Q[:, j0:j1]
-            W[:, j1:] -= err @ (Ubb_inv @ U[j0:j1, j1:])
-    values = np.ascontiguousarray(Q[:, np.argsort(perm)])
-    out = Quantized(type_name, data, registry.dequantize(type_name, data, w.shape))
-    assert np.array_equal(out.values, values), "GPTQ bytes do not decode to the weights GPTQ used"
-    return out
+        delta[:, j0:j1] = W[:, j0:j1] - registry.dequantize(type_name, enc, wb.shape)[:, idx]
+    return Quantized(type_name, data, registry.dequantize(type_name, data, w.shape))
 
 
 def gptq_group(w: np.ndarray, bits: int, group_size: int, hessian: np.ndarray, *, symmetric: bool = True,
