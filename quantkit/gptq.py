@@ -154,9 +154,10 @@ class _GroupGrid:
 # ---------------------------------------------------------------- GPTQ
 
 
-def _prepare_hessian(hessian: np.ndarray, cols: int, damp: float) -> tuple[np.ndarray, np.ndarray]:
-    """(damped H, diag of the raw H). Dead inputs (H_jj = 0) get H_jj = 1 so the factorisation exists."""
-    H = np.array(hessian, dtype=np.float64, copy=True)
+def _prepare_hessian(hessian: np.ndarray, cols: int, damp: float,
+                     dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
+    """(damped H in `dtype`, diag of the raw H). Dead inputs (H_jj = 0) get H_jj = 1 so the factorisation exists."""
+    H = np.array(hessian, dtype=dtype, copy=True)
     if H.shape != (cols, cols):
         raise BadInput(f"Hessian has shape {H.shape}, expected {(cols, cols)}")
     diag = np.diag(H).copy()
@@ -166,12 +167,12 @@ def _prepare_hessian(hessian: np.ndarray, cols: int, damp: float) -> tuple[np.nd
     return H, diag
 
 
-def _factor(H: np.ndarray, finish):
-    """finish(L) for L the lower Cholesky factor of J H J (J the reversal permutation), raising the damping until
-    H is positive definite and finish returns a result (None: not finite)."""
+def _factor(H: np.ndarray, finish, dtype=np.float64):
+    """finish(L) for L the lower Cholesky factor of J H J (J the reversal permutation) in `dtype`, raising the
+    damping until H is positive definite and finish returns a result (None: not finite)."""
     import torch
 
-    Ht = torch.from_numpy(np.ascontiguousarray(H[::-1, ::-1]))
+    Ht = torch.from_numpy(np.ascontiguousarray(H[::-1, ::-1], dtype=dtype))
     d0 = Ht.diagonal().clone()
     extra = 0.0
     for _ in range(8):
@@ -200,13 +201,15 @@ def _upper_inverse_cholesky(H: np.ndarray) -> np.ndarray:
 
 
 def _upper_cholesky(H: np.ndarray) -> np.ndarray:
-    """V upper triangular with V V^T = H (GPTQ's U is V^-1), as a reversed view of the lower factor of J H J."""
+    """V upper triangular with V V^T = H (GPTQ's U is V^-1), as a reversed view of the lower factor of J H J.
+    In float32, as GPTQ's reference implementation factors: 2.9x faster than float64 on E2B's 12,288-column
+    down_proj (5.3 against 15.4 s, 2 cores), and nothing is inverted here."""
 
     def finish(L):
         V = L.numpy()[::-1, ::-1]
         return V if np.all(np.isfinite(V)) else None
 
-    return _factor(H, finish)
+    return _factor(H, finish, np.float32)
 
 
 TRSM_MAX = 2048  # up to this size a triangular solve against the identity; above, by halves
@@ -333,12 +336,12 @@ def gptq_blocks(w: np.ndarray, type_name: str, hessian: np.ndarray, *, damp: flo
     bs, nbytes = bt.block_size, bt.bytes_per_block
     if cols % bs:
         raise BadInput(f"row length {cols} is not a multiple of the block size {bs}")
-    H, diag = _prepare_hessian(hessian, cols, damp)
+    H, diag = _prepare_hessian(hessian, cols, damp, np.float32)
     perm = _block_order(diag, bs, act_order)
     V = _upper_cholesky(H[np.ix_(perm, perm)] if act_order else H)
     del H
-    V_bb = [np.array(V[j:j + bs, j:j + bs]) for j in range(0, cols, bs)]  # float64 diagonal blocks
-    V = V.astype(np.float32)
+    V_bb = [V[j:j + bs, j:j + bs].astype(np.float64) for j in range(0, cols, bs)]  # diagonal blocks
+    V = np.ascontiguousarray(V)
     W = np.ascontiguousarray(w[:, perm])
     delta = np.zeros((rows, cols), np.float32)  # W - Q, in processing order
     data = np.zeros((rows, bt.row_nbytes(cols)), np.uint8)

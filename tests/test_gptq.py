@@ -137,7 +137,7 @@ def test_lattice_gptq_decodes_exactly_and_beats_imatrix(t):
 
 
 def test_lattice_gptq_follows_the_explicit_update():
-    """gptq_blocks (the Cholesky factor of H, unrolled updates) against the update rule written out in float64 here:
+    """gptq_blocks (the float32 Cholesky factor of H, unrolled updates) against the update rule written out in float64:
     encode block b from the current weights with importance diag((U_bb^T U_bb)^-1), then
     W[:, rest] -= (W_b - Q_b) U_bb^-1 U[b, rest] with U^T U = H^-1. The two differ only in rounding (float32 against
     float64 feedback, and one flipped choice changes the blocks after it), so most blocks must come out
@@ -163,7 +163,7 @@ def test_lattice_gptq_follows_the_explicit_update():
     same = (g.data.reshape(W.shape[0], -1, nb) == ref.reshape(W.shape[0], -1, nb)).all(-1).mean()
     e_ref, e = err(W, registry.dequantize(t, ref, W.shape), X), err(W, g.values, X)
     print(f"blocks identical {same:.3f}, output error {e:.5g} vs {e_ref:.5g}")
-    assert same >= 0.75 and abs(e - e_ref) <= 0.01 * e_ref  # 0.86 and 0.2 % measured; no feedback: 0.25
+    assert same >= 0.5 and abs(e - e_ref) <= 0.01 * e_ref  # 0.68 and 0.5 % measured; no feedback: 0.25
 
 
 @pytest.mark.parametrize("t", gptq.LATTICE)
