@@ -137,7 +137,7 @@ def test_lattice_gptq_decodes_exactly_and_beats_imatrix(t):
 
 
 def test_lattice_gptq_follows_the_explicit_update():
-    """gptq_blocks (the float32 Cholesky factor of H, unrolled updates) against the update rule written out in float64:
+    """gptq_blocks (the Cholesky factor of H, unrolled updates) against the update rule written out in float64 here:
     encode block b from the current weights with importance diag((U_bb^T U_bb)^-1), then
     W[:, rest] -= (W_b - Q_b) U_bb^-1 U[b, rest] with U^T U = H^-1. The two differ only in rounding (float32 against
     float64 feedback, and one flipped choice changes the blocks after it), so most blocks must come out
@@ -163,7 +163,24 @@ def test_lattice_gptq_follows_the_explicit_update():
     same = (g.data.reshape(W.shape[0], -1, nb) == ref.reshape(W.shape[0], -1, nb)).all(-1).mean()
     e_ref, e = err(W, registry.dequantize(t, ref, W.shape), X), err(W, g.values, X)
     print(f"blocks identical {same:.3f}, output error {e:.5g} vs {e_ref:.5g}")
-    assert same >= 0.5 and abs(e - e_ref) <= 0.01 * e_ref  # 0.68 and 0.5 % measured; no feedback: 0.25
+    assert same >= 0.5 and abs(e - e_ref) <= 0.01 * e_ref  # 0.86 and 0.2 % measured; no feedback: 0.25
+
+
+@pytest.mark.parametrize("t", ["Q4_K", "IQ2_XS"])
+def test_gptq_with_the_float32_factorisation_of_wide_rows(t, monkeypatch):
+    """Above FLOAT64_MAX_COLS columns H is factored in float32 (set to 0 here, so this small problem takes that
+    path): the bytes still decode to GPTQ's values, beat the imatrix search, and the output error is within 1 % of
+    the float64 factorisation's."""
+    W, X = layer_data(cols=1024, rows=64, n=4096, seed=7)
+    H = X.T.astype(np.float64) @ X
+    st = LinearStats("w", (X.astype(np.float64) ** 2).sum(0), X.shape[0], H)
+    g64 = gptq.gptq(W, t, H)
+    monkeypatch.setattr(gptq, "FLOAT64_MAX_COLS", 0)
+    g32 = gptq.gptq(W, t, H)
+    np.testing.assert_array_equal(registry.dequantize(t, g32.data, W.shape), g32.values)
+    e32, e64, ei = err(W, g32.values, X), err(W, g64.values, X), err(W, gptq.quantize_tensor("imatrix", W, t, st).values, X)
+    print(t, f"float32 {e32:.5g} float64 {e64:.5g} imatrix {ei:.5g}")
+    assert e32 < ei and abs(e32 - e64) <= 0.01 * e64
 
 
 @pytest.mark.parametrize("t", gptq.LATTICE)
@@ -200,3 +217,6 @@ def test_triangular_inverse_by_halves_equals_a_solve():
     got = _lower_inverse(L)
     assert torch.equal(torch.triu(got, 1), torch.zeros_like(got))
     assert float((got - want).abs().max() / want.abs().max()) < 1e-12
+    got32 = _lower_inverse(L.float())  # its products through oneDNN (models/matmul.mm)
+    assert torch.equal(torch.triu(got32, 1), torch.zeros_like(got32))
+    assert float((got32.double() - want).abs().max() / want.abs().max()) < 1e-5

@@ -15,6 +15,7 @@ Anything else (another device, dtype, or a torch without oneDNN) goes through `F
     w = pack(weight)          # once per weight: a oneDNN copy when it helps, else the weight itself
     y = linear(x, w)          # x [..., in] -> [..., out]
     h = gram(x)               # X^T X of a [tokens, in] float32 matrix
+    c = mm(a, b)              # a @ b of 2-D matrices (GPTQ's triangular inverse by halves)
 """
 
 from __future__ import annotations
@@ -51,3 +52,10 @@ def gram(x: torch.Tensor) -> torch.Tensor:
         return x.T @ x
     xt = x.T.contiguous().to_mkldnn()  # (X^T)(X^T)^T = X^T X
     return torch._C._nn.mkldnn_linear(xt, xt, None).to_dense()
+
+
+def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b of 2-D matrices."""
+    if not (_fits(a) and _fits(b)):
+        return a @ b
+    return torch._C._nn.mkldnn_linear(a.contiguous().to_mkldnn(), b.T.contiguous().to_mkldnn(), None).to_dense()
