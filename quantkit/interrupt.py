@@ -35,7 +35,22 @@ def _terminate(signum, frame):
 
 
 def _raise_in(thread: threading.Thread) -> None:
+    _quiet_newborn_threads()
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(KeyboardInterrupt))
+
+
+def _quiet_newborn_threads() -> None:
+    """PyThreadState_SetAsyncExc raises in every thread state with the given thread id, and a thread that the worker
+    is starting carries the worker's id until it runs (CPython 3.11 pystate.c, init_threadstate): it dies of the
+    KeyboardInterrupt before its first line (e.g. a row-range thread, kernels.registry.in_row_ranges) and Python
+    reports that as "Exception ignored in thread started by ...". The run is being interrupted anyway: say nothing."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if unraisable.exc_type is not KeyboardInterrupt:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
 
 
 def run(fn: Callable[[], T], on_exit: Callable[[], None]) -> T:

@@ -123,3 +123,34 @@ def test_an_interrupted_gptq_run_resumes(tiny, tmp_path):
     assert r.returncode == 0, r.stderr
     assert any(line.startswith(f"resumed {out / 'work'}") for line in r.stdout.splitlines()), r.stdout
     assert len(list(out.glob("*.gguf"))) == 1 and not (out / "work").exists()
+
+
+# A worker that starts threads without pause, as kernels.registry.in_row_ranges does for every tensor.
+NEWBORNS = r"""
+import sys, threading, time
+from quantkit import interrupt
+def fn():
+    print("ready", flush=True)
+    while True:
+        t = threading.Thread(target=time.sleep, args=(0,))
+        t.start()
+        t.join()
+try:
+    interrupt.run(fn, on_exit=lambda: None)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_threads_being_started_die_quietly():
+    """The interrupt reaches a thread the worker is starting too (it carries the worker's thread id until it runs);
+    that thread's death must not print "Exception ignored in thread started by ...". Without the guard this script
+    printed it in 9 of 20 runs; 8 clean runs in a row leave a chance below 1 % that an unguarded build passes."""
+    for _ in range(8):
+        p = subprocess.Popen([sys.executable, "-c", NEWBORNS], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        assert p.stdout.readline().strip() == "ready"
+        time.sleep(0.1)
+        p.send_signal(signal.SIGINT)
+        _, stderr = p.communicate(timeout=30)
+        assert p.returncode == 130 and stderr == "", stderr
