@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.quality import CHUNK, IMAT, PLAIN, PRESETS, compare  # noqa: E402
+from tests.integration.quality import CHUNK, IMAT, PLAIN, PRESETS, compare, preset_list  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -34,10 +34,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True, help="work folder (builds are removed at the end)")
     a = ap.parse_args(argv)
-    presets = [p.strip().upper() for p in a.presets.split(",") if p.strip()]
-    for p in presets:
-        if p not in PRESETS:
-            ap.error(f"--presets: {p} is not one of {', '.join(PRESETS)}")
+    presets = preset_list(ap, a.presets, PRESETS)
     a.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     cmp = compare(presets, (a.method,), n_chunks=a.chunks, calib_tokens=a.calib_tokens, threads=a.threads,

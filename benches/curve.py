@@ -40,7 +40,7 @@ from quantkit.recipes import PRESETS  # noqa: E402
 from quantkit.reports.charts import accuracy_vs_size, markdown_table  # noqa: E402
 from quantkit.reports.results import BuildResult, RunReport  # noqa: E402
 from tests.integration.quality import (CHUNK, IMAT, PLAIN, Build, c4_imatrix, f32_base, judge_file,  # noqa: E402
-                                       llama_cpp_build, quantkit_build, reference_logits)
+                                       llama_cpp_build, preset_list, quantkit_build, reference_logits)
 
 SHARED = 0.01  # presets at most this much larger than a built size share that quantkit build
 QUANTKIT = "quantkit gptq --max-size"
@@ -69,10 +69,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True, help="output folder: report.json, report.md, the chart")
     a = ap.parse_args(argv)
-    presets = [p.strip().upper() for p in a.presets.split(",") if p.strip()]
-    for p in presets:
-        if p not in PRESETS:
-            ap.error(f"--presets: {p} is not one of {', '.join(PRESETS)}")
+    presets = preset_list(ap, a.presets, PRESETS)
     t_start = time.perf_counter()
     builds_dir = a.out / "builds"
     builds_dir.mkdir(parents=True, exist_ok=True)

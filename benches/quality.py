@@ -35,7 +35,7 @@ from gguf import GGUFReader  # noqa: E402
 
 from quantkit.reports.charts import accuracy_vs_size, kld_by_preset, markdown_table  # noqa: E402
 from quantkit.reports.results import BuildResult, RunReport  # noqa: E402
-from tests.integration.quality import CHUNK, IMAT, METHODS, PLAIN, PRESETS, compare, targets  # noqa: E402
+from tests.integration.quality import CHUNK, IMAT, METHODS, PLAIN, PRESETS, compare, preset_list, targets  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -52,11 +52,8 @@ def main(argv=None) -> int:
                     help="exit 1 when a gptq build misses one of issue 6's targets (needs --methods with gptq)")
     a = ap.parse_args(argv)
     t_start = time.perf_counter()
-    presets = [p.strip().upper() for p in a.presets.split(",") if p.strip()]
+    presets = preset_list(ap, a.presets, PRESETS)
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
-    for p in presets:
-        if p not in PRESETS:
-            ap.error(f"--presets: {p} is not one of {', '.join(PRESETS)}")
     for m in methods:
         if m not in METHODS:
             ap.error(f"--methods: {m} is not one of {', '.join(METHODS)}")

@@ -53,6 +53,15 @@ SIZE_MATCH = 1e-3
 GPTQ = "quantkit gptq"
 
 
+def preset_list(ap, text: str, allowed) -> list[str]:
+    """The benches' --presets: comma-separated, case-insensitive, each one of `allowed` (else ap.error)."""
+    presets = [p.strip().upper() for p in text.split(",") if p.strip()]
+    for p in presets:
+        if p not in allowed:
+            ap.error(f"--presets: {p} is not one of {', '.join(allowed)}")
+    return presets
+
+
 def f32_base() -> Path:
     return write_f32_base(gemma3_270m_path(), cache_dir("models") / "gemma-3-270m-f32.gguf")
 
