@@ -63,8 +63,7 @@ class RuntimeMemory:
     compute: int  # bytes, the compute buffers
     model_buffer: int  # bytes, the model's (mapped) buffer
     generated: int
-    lazy: bool = False  # --lazy-mode on
-    lazy_tensors: int = 0  # tensors llama.cpp reported reading on demand
+    lazy_tensors: int = 0  # tensors llama.cpp reported reading on demand (--lazy-mode on)
 
 
 def _mib(pattern: str, log: str) -> int:
@@ -83,7 +82,7 @@ def measure(path: Path, threads: int | None = None, lazy: bool = False) -> Runti
     gen = re.search(r"^generated (\d+)$", log, re.M)
     return RuntimeMemory(path, peak, _mib(r"KV buffer size =\s*([\d.]+) MiB", log),
                          _mib(r"compute buffer size =\s*([\d.]+) MiB", log),
-                         _mib(r"model buffer size =\s*([\d.]+) MiB", log), int(gen.group(1)) if gen else 0, lazy,
+                         _mib(r"model buffer size =\s*([\d.]+) MiB", log), int(gen.group(1)) if gen else 0,
                          len(re.findall(r"lazy read enabled", log)))
 
 
