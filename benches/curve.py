@@ -7,10 +7,9 @@ the same sizes, every file judged by llama.cpp on held-out wiki text.
   (`llama-imatrix` over the built-in c4 text, --calib-tokens of it). Presets that llama-quantize refuses without an
   imatrix are listed as refused.
 * quantkit rows: `compress --max-size S` (default method gptq, the same c4 text and token count) with S the file
-  size of llama.cpp+imatrix's build of each preset. On the 270M the 27 presets span only 230 to 292 MB (its
-  640-wide rows send every 256-block type to a 32-block fallback, and the 168 M-weight embedding takes Q5/Q6/Q8
-  in every preset), so presets within SHARED (1 %) above a built size share that build: it is at most their size,
-  never larger, which can only favour llama.cpp. Below the smallest preset, --below builds evenly
+  size of llama.cpp+imatrix's build of each preset (presets of the same size share one build). On the 270M the 27
+  presets span only 230 to 292 MB: its 640-wide rows send every 256-block type to a 32-block fallback, and the
+  168 M-weight embedding takes Q5/Q6/Q8 in every preset. Below the smallest preset, --below builds evenly
   spaced down to `--bits 1.1`, the smallest budget quantkit takes (IQ1_S, 1.5625 bpw, where the rows allow 256-weight
   blocks; Q4_0 where they only allow 32-weight blocks).
 * Judge (tests/integration/quality.py): chunks of 512 wiki tokens, positions 256..510 scored, KL(F32 base || file).
@@ -42,7 +41,6 @@ from quantkit.reports.results import BuildResult, RunReport  # noqa: E402
 from tests.integration.quality import (CHUNK, IMAT, PLAIN, Build, c4_imatrix, f32_base, judge_file,  # noqa: E402
                                        llama_cpp_build, preset_list, quantkit_build, reference_logits)
 
-SHARED = 0.01  # presets at most this much larger than a built size share that quantkit build
 QUANTKIT = "quantkit gptq --max-size"
 SMALLEST_BITS = 1.1  # plan.BITS_RANGE's lower end
 
@@ -92,7 +90,7 @@ def main(argv=None) -> int:
     quantkit: list[Build] = []
     targets: list[tuple[int, str]] = []  # (--max-size, row name)
     for size, p in sizes:
-        if targets and targets[-1][0] >= size * (1 - SHARED):
+        if targets and targets[-1][0] == size:
             continue
         targets.append((size, p))
     for size, p in targets:

@@ -117,7 +117,8 @@ def run(source: TensorSource, out_dir: Path, opts: CompressOptions, resume: bool
     if opts.imatrix_file:
         _imatrix(source, opts)
     if opts.budgeted:
-        plans.pinned(source.table, _budget(source, opts)[0], _forced(source.table, opts))
+        b = _budget(source, opts)
+        plans.pinned(source.table, b.nbytes, _forced(source.table, opts), b.align)
     if opts.dry_run:  # data-free: a budget's plan uses the prior error estimate
         return CompressResult(plan or make_plan(source, opts))
     t = time.perf_counter()
@@ -238,8 +239,9 @@ def make_plan(source: TensorSource, opts: CompressOptions, error: plans.ErrorFn 
     elif mode == "recipe_file":
         p = plans.recipe(Path(opts.recipe_file), table)
     else:
-        budget, label = _budget(source, opts)
-        return plans.budget(table, budget, error, with_data=opts.calibrated, forced=forced, mode=label)
+        b = _budget(source, opts)
+        return plans.budget(table, b.nbytes, error, with_data=opts.calibrated, forced=forced, mode=b.label,
+                            align=b.align)
     if forced:
         flags = ([f"--ple-type {opts.ple_type}"] if opts.ple_type else []) + opts.overrides.label()
         p = plans.from_types(table, {**p.types, **forced}, " ".join([p.mode, *flags]))
@@ -258,15 +260,23 @@ def _forced(table, opts: CompressOptions) -> dict[str, str]:
     return forced
 
 
-def _budget(source: TensorSource, opts: CompressOptions) -> tuple[int, str]:
-    """Tensor bytes a --bits / --max-size build may spend, and the plan's mode line."""
+@dataclass(frozen=True)
+class Budget:
+    nbytes: int  # tensor bytes the plan may spend
+    label: str  # the plan's mode line
+    align: int  # each tensor counted padded to this (a file budget: GGUF's alignment)
+
+
+def _budget(source: TensorSource, opts: CompressOptions) -> Budget:
+    """What a --bits / --max-size build may spend. --max-size counts the file: its header exactly, and the tensors
+    with the padding GGUF puts after each."""
     if opts.bits is not None:
-        return plans.bits_budget(source.table, opts.bits), f"--bits {opts.bits}"
+        return Budget(plans.bits_budget(source.table, opts.bits), f"--bits {opts.bits}", 1)
     overhead = header_overhead(source, opts.provenance())
     if opts.max_size <= overhead:
         raise BadOption(f"--max-size {opts.max_size:,} bytes does not even hold the header, metadata and "
                         f"tokenizer ({overhead:,} bytes)")
-    return opts.max_size - overhead, f"--max-size {opts.max_size:,}"
+    return Budget(opts.max_size - overhead, f"--max-size {opts.max_size:,}", gguf_writer.DEFAULT_ALIGNMENT)
 
 
 def text_file_bytes(source: TensorSource, plan: plans.Plan, opts: CompressOptions) -> int:
@@ -277,11 +287,11 @@ def text_file_bytes(source: TensorSource, plan: plans.Plan, opts: CompressOption
 
 
 def header_overhead(source: TensorSource, provenance: dict) -> int:
-    """Bytes of a GGUF build that are not tensor data: header, metadata, tokenizer and the
-    alignment padding (at most alignment-1 per tensor, counted in full)."""
+    """Bytes of a GGUF build before its tensor data: header, metadata and tokenizer, padded (the same for every
+    plan: a tensor's type is a fixed-size field)."""
     planned = gguf_model.plan_gguf(source, {})
     header, _, _ = gguf_writer.layout(gguf_model.gguf_metadata(source, planned, provenance), [p.entry for p in planned])
-    return len(header) + gguf_writer.DEFAULT_ALIGNMENT * len(planned)
+    return len(header)
 
 
 # ---------------------------------------------------------------- safetensors (compressed-tensors) builds

@@ -94,7 +94,8 @@ class CompressOptions:
 
     def provenance(self) -> dict[str, str]:
         calibrated = self.calibrated and not (self.imatrix_file and self.method == "imatrix")
-        importance = "quantkit capture (E[x^2] per input column)" if self.calibrated else "none"
+        # quantkit's E[x^2] per input column; said in few bytes, since the header counts against --max-size
+        importance = "quantkit capture" if self.calibrated else "none"
         if self.imatrix_file and self.calibrated:
             importance = f"{Path(self.imatrix_file).name} (llama.cpp imatrix file)"
         return {"recipe": self.recipe(),

@@ -194,27 +194,32 @@ def prior_error(row: TensorRow, type_name: str) -> float:
     return row.n_params * 4.0 ** -registry.get(type_name).bits_per_weight
 
 
-def pinned(table: TensorTable, nbytes: int, forced: Mapping[str, str] | None = None) -> dict[str, str]:
+def pinned(table: TensorTable, nbytes: int, forced: Mapping[str, str] | None = None, align: int = 1) -> dict[str, str]:
     """The types a budget does not choose: the fixed tensors' and `forced` ones (e.g. --ple-type, --tensor-type);
     an error naming the bytes when they alone do not fit in `nbytes`."""
     pins = {n: row.fixed or forced[n] for n, row in table.items() if row.fixed or n in (forced or {})}
-    pinned_bytes = sum(registry.tensor_nbytes(t, table[n].shape) for n, t in pins.items())
+    pinned_bytes = sum(stored_nbytes(t, table[n].shape, align) for n, t in pins.items())
     if pinned_bytes > nbytes:
         raise BadOption(f"budget of {nbytes:,} bytes is below the fixed-type tensors' {pinned_bytes:,} bytes")
     return pins
 
 
+def stored_nbytes(type_name: str, shape: tuple[int, ...], align: int = 1) -> int:
+    """A tensor's bytes at `type_name`, padded to `align` as a file stores it (GGUF: 32)."""
+    return -(-registry.tensor_nbytes(type_name, shape) // align) * align
+
+
 def budget(table: TensorTable, nbytes: int, error: ErrorFn | None = None, with_data: bool = True,
-           forced: Mapping[str, str] | None = None, mode: str | None = None) -> Plan:
-    """Minimise Σ error(tensor, type) subject to Σ bytes <= nbytes (tensor data only).
-    `forced` pins types (e.g. --ple-type); fixed tensors are F32."""
-    pins = pinned(table, nbytes, forced)
+           forced: Mapping[str, str] | None = None, mode: str | None = None, align: int = 1) -> Plan:
+    """Minimise Σ error(tensor, type) subject to Σ bytes <= nbytes (tensor data only, each tensor padded to `align`:
+    a file budget counts the padding its format adds). `forced` pins types (e.g. --ple-type); fixed tensors are F32."""
+    pins = pinned(table, nbytes, forced, align)
     items: dict[str, list[Option]] = {}
     for n, row in table.items():
         if n in pins:
             continue
         est = error or (lambda name, ty, row=row: prior_error(row, ty))
-        items[n] = [Option(t, registry.tensor_nbytes(t, row.shape), est(n, t)) for t in candidates(row.cols, with_data)]
-    pinned_bytes = sum(registry.tensor_nbytes(t, table[n].shape) for n, t in pins.items())
+        items[n] = [Option(t, stored_nbytes(t, row.shape, align), est(n, t)) for t in candidates(row.cols, with_data)]
+    pinned_bytes = sum(stored_nbytes(t, table[n].shape, align) for n, t in pins.items())
     alloc = allocate(items, nbytes - pinned_bytes)
     return from_types(table, {**pins, **alloc.types}, mode or f"budget {nbytes:,} bytes", nbytes)

@@ -53,6 +53,20 @@ def test_uses_budget_within_one_percent():
     assert budget * 0.99 <= a.nbytes <= budget
 
 
+def test_a_budget_one_plan_fills_to_the_byte_admits_it():
+    """A llama.cpp preset's file size is exactly what its types cost: the byte-exact DP must find that plan. Sizes
+    here are multiples of 5,120 (as the 270M's); rounding each up to budget/200,000 bytes would leave it out."""
+    rng = np.random.default_rng(3)
+    items = {f"t{k}": [Option("small", 5_120 * int(rng.integers(50, 100)), 1e-2),
+                       Option("exact", 5_120 * int(rng.integers(100, 200)), 0.0)] for k in range(126)}
+    # the big table's step costs the least error: were any unit rounded up, the DP would take it down a type
+    items["embd"] = [Option("Q5_1", 125_829_120, 1e-3), Option("Q8_0", 178_257_920, 0.0)]
+    budget = sum(v[1].nbytes for v in items.values())
+    a = allocate(items, budget)
+    assert a.nbytes == budget
+    assert set(a.types.values()) == {"exact", "Q8_0"}
+
+
 def test_impossible_budget_is_a_clear_error():
     items = {"a": [Option("Q2_K", 100, 1.0)]}
     with pytest.raises(BadOption, match="below the smallest possible build"):
