@@ -6,15 +6,17 @@ axis by dynamic programming:
 
     D_k(c) = min_t [ D_{k-1}(c - w_kt) + e_kt ]
 
-where w_kt is tensor k's size at type t in units of about `budget / resolution`
-bytes, rounded *up* (so every DP-feasible plan is truly under budget) and e_kt its
-estimated error. The unit is a multiple of the greatest common divisor of all the
-sizes: where that divisor alone is fine enough (the 270M: 5,120 bytes, against
-budgets under 1e9) nothing is rounded and the DP is exact to the byte, so a budget
-that one plan fills exactly (a llama.cpp preset's file size) admits that plan.
-Otherwise the rounding can leave at most one unit per tensor unused, and a final
-greedy pass spends the slack on the upgrades with the best error drop per byte that
-still fit.
+where w_kt is tensor k's size at type t in units of `budget / resolution` bytes,
+rounded *up* (so every DP-feasible plan is truly under budget) and e_kt its
+estimated error. The rounding can leave at most one unit per tensor unused, so a
+final greedy pass spends the slack on the upgrades with the best error drop per
+byte that still fit.
+
+`exact=True` (file budgets, `--max-size`) makes the unit a multiple of the greatest
+common divisor of all the sizes instead: where that divisor alone is fine enough
+(the 270M: 5,120 bytes, against budgets under 1e9) nothing is rounded and the DP is
+exact to the byte, so a budget that one plan fills exactly (a llama.cpp preset's
+file size) admits that plan.
 """
 
 from __future__ import annotations
@@ -41,14 +43,14 @@ class Allocation:
     error: float
 
 
-def allocate(items: dict[str, list[Option]], budget: int, resolution: int = 200_000) -> Allocation:
+def allocate(items: dict[str, list[Option]], budget: int, resolution: int = 200_000, exact: bool = False) -> Allocation:
     names = list(items)
     if not names:
         return Allocation({}, 0, 0.0)
     floor = sum(min(o.nbytes for o in items[n]) for n in names)
     if floor > budget:
         raise BadOption(f"budget of {budget:,} bytes is below the smallest possible build ({floor:,} bytes)")
-    common = math.gcd(*(o.nbytes for n in names for o in items[n])) or 1
+    common = math.gcd(*(o.nbytes for n in names for o in items[n])) if exact else 1
     unit = common * max(1, -(-budget // resolution // common))
     cap = budget // unit
     inf = np.inf

@@ -210,9 +210,11 @@ def stored_nbytes(type_name: str, shape: tuple[int, ...], align: int = 1) -> int
 
 
 def budget(table: TensorTable, nbytes: int, error: ErrorFn | None = None, with_data: bool = True,
-           forced: Mapping[str, str] | None = None, mode: str | None = None, align: int = 1) -> Plan:
+           forced: Mapping[str, str] | None = None, mode: str | None = None, align: int = 1,
+           exact: bool = False) -> Plan:
     """Minimise Σ error(tensor, type) subject to Σ bytes <= nbytes (tensor data only, each tensor padded to `align`:
-    a file budget counts the padding its format adds). `forced` pins types (e.g. --ple-type); fixed tensors are F32."""
+    a file budget counts the padding its format adds; `exact`: to the byte, see quantkit.allocate). `forced` pins
+    types (e.g. --ple-type); fixed tensors are F32."""
     pins = pinned(table, nbytes, forced, align)
     items: dict[str, list[Option]] = {}
     for n, row in table.items():
@@ -221,5 +223,5 @@ def budget(table: TensorTable, nbytes: int, error: ErrorFn | None = None, with_d
         est = error or (lambda name, ty, row=row: prior_error(row, ty))
         items[n] = [Option(t, stored_nbytes(t, row.shape, align), est(n, t)) for t in candidates(row.cols, with_data)]
     pinned_bytes = sum(stored_nbytes(t, table[n].shape, align) for n, t in pins.items())
-    alloc = allocate(items, nbytes - pinned_bytes)
+    alloc = allocate(items, nbytes - pinned_bytes, exact=exact)
     return from_types(table, {**pins, **alloc.types}, mode or f"budget {nbytes:,} bytes", nbytes)
